@@ -1,0 +1,49 @@
+"""Shapes shared by the loaders and the engine.
+
+Everything here is plain Python; loaders fill it in on the engine thread.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+class TextTokenizer(Protocol):
+    """What the serving and engine layers need from a tokenizer, whatever its origin."""
+
+    @property
+    def eos_token_ids(self) -> set[int]:
+        """Token ids that end generation (eos, eot, im_end, ...)."""
+
+    @property
+    def bos_token_id(self) -> int | None: ...
+
+    @property
+    def vocab_size(self) -> int: ...
+
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        """Token ids of `text`; special-token strings in `text` map to their ids."""
+
+    def decode(self, ids: list[int]) -> str:
+        """Text of `ids`, special tokens skipped."""
+
+    def apply_chat_template(
+        self, messages: list[dict[str, Any]], add_generation_prompt: bool = True
+    ) -> str:
+        """The prompt text for `messages` ([{role, content: str}]), ready for encode()."""
+
+
+@dataclass(slots=True)
+class LoadedChatModel:
+    """A chat model ready for the engine: mlx-lm style module plus tokenizer."""
+
+    model: Any
+    """nn.Module: model(tokens[B, L], cache=[per-layer cache]) -> logits[B, L, V]; has .layers."""
+    tokenizer: TextTokenizer
+    dtype: str
+    """Compute dtype of the weights, e.g. 'float32'."""
+    context_length: int
+    fingerprint: str
+    """Stable hash of weights source + dtype + chat template (KV caches are keyed by it)."""
+    info: dict[str, Any] = field(default_factory=dict)
