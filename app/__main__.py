@@ -1,0 +1,44 @@
+"""CLI: `mlxd [--host H] [--port P] [--models FILE] ...` (also `python -m app`)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from app.settings import Settings
+
+
+def parse_args(argv: list[str] | None = None) -> dict[str, object]:
+    p = argparse.ArgumentParser(prog="mlxd", description="Local OpenAI-compatible MLX server")
+    p.add_argument("--host", help="interface to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="TCP port (default 8000)")
+    p.add_argument("--models", type=Path, help="path of models.yaml")
+    p.add_argument("--default-model", help="chat model loaded at start-up")
+    p.add_argument("--max-batch", type=int, help="most sequences decoding together")
+    p.add_argument("--prefill-chunk", type=int, help="prompt tokens per prefill step when idle")
+    p.add_argument("--kv-budget-bytes", type=int, help="byte budget of resident KV caches")
+    p.add_argument("--kv-dir", type=Path, help="directory for persisted session caches")
+    p.add_argument("--no-eager-load", dest="eager_load", action="store_const", const=False,
+                   help="do not load the default model at start-up")
+    p.add_argument("--hf-offline", action="store_const", const=True,
+                   help="never contact the Hugging Face Hub")
+    p.add_argument("--log-level", help="debug, info, warning, ...")
+    args = vars(p.parse_args(argv))
+    return {k: v for k, v in args.items() if v is not None}
+
+
+def main(argv: list[str] | None = None) -> None:
+    settings = Settings(**parse_args(argv))  # type: ignore[arg-type]
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    import uvicorn
+
+    from app.main import create_app
+
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
+                log_level=settings.log_level.lower(), timeout_graceful_shutdown=10)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,223 @@
+"""The engine: one thread that owns every MLX object.
+
+Async code talks to it only through `call()` (run a function on the engine thread
+and await its result) and `submit()`/`abort()`; results come back through
+RequestStreams. Between commands the thread runs scheduler steps for every model
+that has work, so all streams of a model decode together.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import mlx.core as mx
+
+from app.engine.request import Failed, GenerationRequest
+from app.engine.runner import ChatRunner
+from app.engine.sampling import RowSampler
+from app.engine.scheduler import Scheduler
+from app.engine.sequence import Sequence
+from app.engine.stream import RequestStream
+from app.models.registry import ModelSpec, Registry, resolve_source
+from app.models.types import LoadedChatModel, TextTokenizer
+from app.settings import Settings
+from app.text.detokenize import IncrementalDetokenizer
+from app.text.stops import StopMatcher
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+IDLE_WAIT_SECONDS = 0.5  # how long an idle engine blocks on its queue before housekeeping
+
+
+@dataclass(slots=True)
+class ChatModelHandle:
+    """What the serving layer may know of a loaded chat model (no MLX arrays)."""
+
+    spec: ModelSpec
+    tokenizer: TextTokenizer
+    context_length: int
+    fingerprint: str
+    dtype: str
+
+
+class EngineStopped(RuntimeError):
+    pass
+
+
+def load_chat_model(spec: ModelSpec, settings: Settings) -> LoadedChatModel:
+    path = resolve_source(spec, offline=settings.hf_offline)
+    if path.suffix == ".gguf":
+        from app.models.gguf import load_gguf
+
+        return load_gguf(path, dtype=spec.dtype, context_length=spec.context_length)
+    from app.models.hf import load_hf
+
+    return load_hf(path, dtype=spec.dtype, context_length=spec.context_length)
+
+
+class Engine:
+    def __init__(self, settings: Settings, registry: Registry) -> None:
+        self.settings = settings
+        self.registry = registry
+        self._commands: queue.Queue[Callable[[], None]] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self._runners: dict[str, ChatRunner] = {}
+        self._handles: dict[str, ChatModelHandle] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # -- lifecycle ------------------------------------------------------------
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._thread = threading.Thread(target=self._run, name="mlx-engine", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self._thread is None:
+            return
+        done = threading.Event()
+
+        def shutdown() -> None:
+            for runner in self._runners.values():
+                runner.abort_all("server is shutting down")
+            self._stopping = True
+            done.set()
+
+        self._commands.put(shutdown)
+        done.wait(timeout)
+        self._thread.join(timeout)
+        self._thread = None
+
+    # -- async API (event loop side) -------------------------------------------
+    async def call(self, fn: Callable[[], T]) -> T:
+        """Run `fn` on the engine thread and await its result."""
+        if self._thread is None or self._stopping:
+            raise EngineStopped("engine is not running")
+        fut: Future[T] = Future()
+
+        def run() -> None:
+            if not fut.set_running_or_notify_cancel():
+                return
+            try:
+                fut.set_result(fn())
+            except BaseException as exc:  # delivered to the awaiting coroutine
+                fut.set_exception(exc)
+
+        self._commands.put(run)
+        return await asyncio.wrap_future(fut)
+
+    def loaded_chat(self, model_id: str) -> ChatModelHandle | None:
+        return self._handles.get(model_id)
+
+    async def chat_model(self, spec: ModelSpec) -> ChatModelHandle:
+        handle = self._handles.get(spec.id)
+        if handle is None:
+            handle = await self.call(lambda: self._ensure_chat(spec))
+        return handle
+
+    def submit(self, req: GenerationRequest) -> RequestStream:
+        """Queue a generation; events arrive on the returned stream."""
+        assert self._loop is not None
+        stream = RequestStream(self._loop)
+        self._commands.put(lambda: self._admit(req, stream))
+        return stream
+
+    def abort(self, request_id: int) -> None:
+        self._commands.put(lambda: self._abort(request_id))
+
+    # -- engine thread ----------------------------------------------------------
+    def _run(self) -> None:
+        logger.info("engine thread started on %s", mx.default_device())
+        while not self._stopping:
+            try:
+                self._drain(block=not self._has_work())
+                for runner in list(self._runners.values()):
+                    if runner.has_work:
+                        runner.step()
+            except Exception:  # the engine thread must survive anything one step does
+                logger.exception("engine step failed")
+                time.sleep(0.01)
+        logger.info("engine thread stopped")
+
+    def _has_work(self) -> bool:
+        return any(r.has_work for r in self._runners.values())
+
+    def _drain(self, block: bool) -> None:
+        try:
+            cmd = self._commands.get(timeout=IDLE_WAIT_SECONDS) if block else self._commands.get_nowait()
+        except queue.Empty:
+            return
+        while True:
+            try:
+                cmd()
+            except Exception:
+                logger.exception("engine command failed")
+            try:
+                cmd = self._commands.get_nowait()
+            except queue.Empty:
+                return
+
+    def _ensure_chat(self, spec: ModelSpec) -> ChatModelHandle:
+        if spec.id in self._handles:
+            return self._handles[spec.id]
+        t0 = time.perf_counter()
+        loaded = load_chat_model(spec, self.settings)
+        ctx = min(spec.context_length or loaded.context_length, loaded.context_length)
+        loaded.context_length = ctx
+        scheduler = Scheduler(
+            max_batch=self.settings.max_batch,
+            idle_chunk=self.settings.prefill_chunk,
+            busy_chunk_seconds=self.settings.prefill_busy_seconds,
+        )
+        self._runners[spec.id] = ChatRunner(loaded, scheduler)
+        handle = ChatModelHandle(spec, loaded.tokenizer, ctx, loaded.fingerprint, loaded.dtype)
+        self._handles[spec.id] = handle
+        logger.info("loaded chat model %s (%s, context %d) in %.1fs on %s",
+                    spec.id, loaded.dtype, ctx, time.perf_counter() - t0, mx.default_device())
+        return handle
+
+    def _admit(self, req: GenerationRequest, stream: RequestStream) -> None:
+        runner = self._runners.get(req.model_id)
+        if runner is None:
+            stream.put_threadsafe(Failed(f"model {req.model_id!r} is not loaded", status=503))
+            return
+        tok = runner.loaded.tokenizer
+        # MLX does not bounds-check gathers on the CPU: a bad id would crash the process.
+        if not req.prompt_tokens or min(req.prompt_tokens) < 0 or \
+                max(req.prompt_tokens) >= tok.vocab_size:
+            stream.put_threadsafe(Failed("prompt is empty or has token ids outside the "
+                                         "vocabulary", type="invalid_request_error",
+                                         status=400))
+            return
+        try:
+            sampler = RowSampler.create(req.sampling, req.prompt_tokens)
+        except Exception as exc:
+            stream.put_threadsafe(Failed(f"invalid sampling parameters: {exc}",
+                                         type="invalid_request_error", status=400))
+            return
+        seq = Sequence(
+            req=req, stream=stream, sampler=sampler,
+            detok=IncrementalDetokenizer(tok.decode), stops=StopMatcher(req.stop),
+            eos_ids=set(tok.eos_token_ids), context_length=runner.loaded.context_length,
+        )
+        runner.add(seq)
+
+    def _abort(self, request_id: int) -> None:
+        for runner in self._runners.values():
+            if runner.abort(request_id):
+                return
+
+    # -- introspection (engine thread) -------------------------------------------
+    def stats(self) -> dict[str, Any]:
+        return {mid: {"waiting": len(r.scheduler.waiting), "running": len(r.scheduler.running),
+                      "prefill_tokens_per_s": r.scheduler.prefill_rate}
+                for mid, r in self._runners.items()}

@@ -1,0 +1,99 @@
+"""What the serving layer hands the engine, and what comes back. Plain data, no MLX."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Literal
+
+FinishReason = Literal["stop", "length", "abort", "error"]
+
+_ids = itertools.count(1)
+
+
+def next_request_id() -> int:
+    return next(_ids)
+
+
+@dataclass(slots=True)
+class SamplingParams:
+    temperature: float = 1.0
+    """0 means greedy."""
+    top_p: float = 1.0
+    top_k: int = 0
+    """0 disables top-k."""
+    min_p: float = 0.0
+    seed: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    logit_bias: dict[int, float] = field(default_factory=dict)
+    logprobs: bool = False
+    top_logprobs: int = 0
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0.0
+
+
+@dataclass(slots=True)
+class GenerationRequest:
+    model_id: str
+    prompt_tokens: list[int]
+    max_tokens: int
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    stop: list[str] = field(default_factory=list)
+    session: str | None = None
+    """prompt_cache_key or X-Session-ID: a named resident KV cache."""
+    id: int = field(default_factory=next_request_id)
+
+
+@dataclass(slots=True)
+class TokenLogprob:
+    token: str
+    logprob: float
+    top: list[tuple[str, float]] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Delta:
+    """New text (stop-string safe) and the tokens that produced it."""
+
+    text: str
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+
+    def merge(self, other: Delta) -> None:
+        self.text += other.text
+        self.token_ids.extend(other.token_ids)
+        self.logprobs.extend(other.logprobs)
+
+
+@dataclass(slots=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(slots=True)
+class Finished:
+    reason: FinishReason
+    usage: Usage
+    cache_info: str | None = None
+    """How the prompt met the KV cache: reused length or miss reason."""
+
+
+@dataclass(slots=True)
+class Failed:
+    message: str
+    type: str = "server_error"
+    code: str | None = None
+    status: int = 500
+
+
+Event = Delta | Finished | Failed

@@ -1,0 +1,186 @@
+"""ChatRunner: continuous batching for one loaded chat model (engine thread only).
+
+Prompts are prefilled one chunk per step into a private per-layer cache; when a
+prompt is done its cache is merged into the shared left-padded batch cache
+(mlx-lm's BatchKVCache), and every running sequence decodes one token per step.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import mlx.core as mx
+from mlx_lm.models.cache import make_prompt_cache
+
+from app.engine.request import Failed
+from app.engine.sampling import sample
+from app.engine.scheduler import Scheduler
+from app.engine.sequence import Sequence
+from app.models.types import LoadedChatModel
+
+logger = logging.getLogger(__name__)
+
+# Called with (sequence, per-layer KVCache list or None) when a sequence leaves the
+# engine, so its KV can be kept for reuse (the resident cache store).
+ReleaseHook = Callable[[Sequence, list[Any] | None], None]
+
+
+class ChatRunner:
+    def __init__(self, loaded: LoadedChatModel, scheduler: Scheduler,
+                 on_release: ReleaseHook | None = None) -> None:
+        self.loaded = loaded
+        self.model = loaded.model
+        self.scheduler = scheduler
+        self.on_release = on_release
+        self.batch_cache: list[Any] | None = None
+        self._piece_cache: dict[int, str] = {}
+
+    # -- queue management ---------------------------------------------------
+    def add(self, seq: Sequence) -> None:
+        self.scheduler.add(seq)
+
+    def abort(self, request_id: int) -> bool:
+        for seq in self._all():
+            if seq.req.id == request_id:
+                seq.aborted = True
+                return True
+        return False
+
+    def _all(self) -> list[Sequence]:
+        return [*self.scheduler.waiting, *self.scheduler.running]  # type: ignore[list-item]
+
+    @property
+    def has_work(self) -> bool:
+        return self.scheduler.has_work
+
+    @property
+    def running(self) -> list[Sequence]:
+        return self.scheduler.running  # type: ignore[return-value]
+
+    # -- one engine step ----------------------------------------------------
+    def step(self) -> None:
+        self._reap_aborted()
+        plan = self.scheduler.plan()
+        if plan.prefill is not None:
+            seq: Sequence = plan.prefill  # type: ignore[assignment]
+            try:
+                self._prefill_chunk(seq, plan.chunk)
+            except Exception as exc:  # one bad prompt must not take the engine down
+                logger.exception("prefill failed for request %s", seq.req.id)
+                self._fail([seq], exc, in_batch=False)
+        if plan.decode and self.running:
+            try:
+                self._decode()
+            except Exception as exc:
+                logger.exception("decode step failed; failing %d sequences", len(self.running))
+                self._fail(list(self.running), exc, in_batch=True)
+
+    def _prefill_chunk(self, seq: Sequence, n: int) -> None:
+        if seq.cache is None:
+            seq.cache = make_prompt_cache(self.model)
+        start = seq.prefilled
+        chunk = seq.prompt[start : start + n]
+        t0 = time.perf_counter()
+        logits = self.model(mx.array(chunk)[None], cache=seq.cache)
+        seq.prefilled += len(chunk)
+        if seq.prefill_remaining > 0:
+            mx.eval([c.state for c in seq.cache])
+            self.scheduler.observe_prefill(len(chunk), time.perf_counter() - t0)
+            return
+        res = sample(logits[:, -1, :], [seq.sampler], [seq.generated])
+        self.scheduler.observe_prefill(len(chunk), time.perf_counter() - t0)
+        seq.accept(res.tokens[0], self.piece, res.logprobs[0], res.top[0])
+        if seq.finished:
+            self.scheduler.remove(seq)
+            self._release(seq, seq.cache)
+            seq.cache = None
+            return
+        self._join_batch(seq)
+
+    def _join_batch(self, seq: Sequence) -> None:
+        assert seq.cache is not None
+        merged = [type(c).merge([c]) for c in seq.cache]
+        if self.batch_cache is None:
+            self.batch_cache = merged
+        else:
+            for batch, new in zip(self.batch_cache, merged):
+                batch.extend(new)
+        seq.cache = None
+        self.scheduler.promote(seq)
+
+    def _decode(self) -> None:
+        rows = list(self.running)
+        inputs = mx.array([[s.last_token] for s in rows])
+        logits = self.model(inputs, cache=self.batch_cache)[:, -1, :]
+        res = sample(logits, [s.sampler for s in rows], [s.generated for s in rows])
+        for i, seq in enumerate(rows):
+            seq.accept(res.tokens[i], self.piece, res.logprobs[i], res.top[i])
+        self._drop_rows([s for s in rows if s.finished])
+
+    # -- leaving the batch --------------------------------------------------
+    def _reap_aborted(self) -> None:
+        for seq in [s for s in self.scheduler.waiting if s.aborted]:  # type: ignore[attr-defined]
+            self.scheduler.remove(seq)
+            seq.finish("abort")
+            # Keep what was prefilled: a retry of the same prompt resumes from it.
+            self._release(seq, seq.cache if seq.prefilled else None)
+            seq.cache = None
+        dead = [s for s in self.running if s.aborted]
+        for seq in dead:
+            seq.finish("abort")
+        self._drop_rows(dead)
+
+    def _drop_rows(self, done: list[Sequence]) -> None:
+        if not done:
+            return
+        rows = list(self.running)
+        for seq in done:
+            idx = rows.index(seq)
+            extracted = None
+            if self.on_release is not None and self.batch_cache is not None:
+                extracted = [c.extract(idx) for c in self.batch_cache]
+            self._release(seq, extracted)
+        keep = [i for i, s in enumerate(rows) if s not in done]
+        for seq in done:
+            self.scheduler.remove(seq)
+        if not keep:
+            self.batch_cache = None
+        elif self.batch_cache is not None:
+            for c in self.batch_cache:
+                c.filter(keep)
+
+    def _release(self, seq: Sequence, cache: list[Any] | None) -> None:
+        if self.on_release is None:
+            return
+        try:
+            self.on_release(seq, cache)
+        except Exception:  # losing a cache entry is fine; losing the engine is not
+            logger.exception("release hook failed for request %s", seq.req.id)
+
+    def _fail(self, seqs: list[Sequence], exc: Exception, *, in_batch: bool) -> None:
+        for seq in seqs:
+            seq.finished = True
+            seq.stream.put_threadsafe(Failed(f"generation failed: {exc}"))
+            self.scheduler.remove(seq)
+            seq.cache = None
+        if in_batch:
+            self.batch_cache = None  # its rows no longer match the running list
+
+    def piece(self, token: int) -> str:
+        """Text of one token, for logprobs."""
+        text = self._piece_cache.get(token)
+        if text is None:
+            text = self.loaded.tokenizer.decode([token])
+            self._piece_cache[token] = text
+        return text
+
+    def abort_all(self, message: str) -> None:
+        for seq in self._all():
+            seq.finished = True
+            seq.stream.put_threadsafe(Failed(message, code="shutdown", status=503))
+        self.scheduler.waiting.clear()
+        self.scheduler.running.clear()
+        self.batch_cache = None

@@ -1,0 +1,158 @@
+"""Token selection for a batch whose rows each carry their own parameters.
+
+Each row has a `RowSampler`: its logits processors (penalties, logit bias, and later
+a constrained-decoding token mask all use the same hook), its temperature/top-k/
+top-p/min-p, and its own PRNG key so a seeded request gives the same tokens whatever
+else shares the batch. Greedy rows take one batched argmax.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import mlx.core as mx
+
+from app.engine.request import SamplingParams
+
+# (generated token ids, logits[V]) -> logits[V]; a per-request hook.
+LogitsProcessor = Callable[[list[int], mx.array], mx.array]
+NEG_INF = float("-inf")
+
+
+def penalty_processor(params: SamplingParams, prompt: Sequence[int]) -> LogitsProcessor | None:
+    """OpenAI presence/frequency penalties over generated tokens; repetition penalty
+    (HF/vLLM semantics: divide positive logits, multiply negative) over prompt + output."""
+    pres, freq, rep = params.presence_penalty, params.frequency_penalty, params.repetition_penalty
+    if pres == 0 and freq == 0 and rep == 1.0:
+        return None
+    prompt_ids = sorted(set(prompt))
+    counts: Counter[int] = Counter()
+    seen = [0]  # how many generated tokens are already counted
+
+    def apply(generated: list[int], logits: mx.array) -> mx.array:
+        counts.update(generated[seen[0] :])
+        seen[0] = len(generated)
+        if rep != 1.0:
+            ids = mx.array(sorted(set(prompt_ids) | counts.keys()))
+            vals = logits[ids]
+            logits[ids] = mx.where(vals > 0, vals / rep, vals * rep)
+        if counts and (pres or freq):
+            ids = mx.array(list(counts.keys()))
+            c = mx.array(list(counts.values()), dtype=logits.dtype)
+            logits = logits.at[ids].add(-(c * freq + pres))
+        return logits
+
+    return apply
+
+
+def bias_processor(bias: dict[int, float]) -> LogitsProcessor | None:
+    if not bias:
+        return None
+    ids = mx.array(list(bias.keys()))
+    vals = mx.array(list(bias.values()), dtype=mx.float32)
+
+    def apply(generated: list[int], logits: mx.array) -> mx.array:
+        return logits.at[ids].add(vals.astype(logits.dtype))
+
+    return apply
+
+
+@dataclass(slots=True)
+class RowSampler:
+    params: SamplingParams
+    processors: list[LogitsProcessor] = field(default_factory=list)
+    key: mx.array | None = None
+
+    @classmethod
+    def create(cls, params: SamplingParams, prompt: Sequence[int]) -> RowSampler:
+        procs = [p for p in (penalty_processor(params, prompt), bias_processor(params.logit_bias)) if p]
+        key = None
+        if not params.greedy:
+            seed = params.seed if params.seed is not None else int.from_bytes(os.urandom(4), "little")
+            key = mx.random.key(seed)
+        return cls(params, procs, key)
+
+    def next_key(self) -> mx.array:
+        assert self.key is not None
+        self.key, sub = mx.random.split(self.key)
+        return sub
+
+
+@dataclass(slots=True)
+class SampleResult:
+    tokens: list[int]
+    logprobs: list[float | None]
+    top: list[list[tuple[int, float]]]
+
+
+def _filter(logits: mx.array, p: SamplingParams) -> mx.array:
+    """Mask logits outside top-k / top-p / min-p for one row (1-D)."""
+    if p.top_k > 0 and p.top_k < logits.shape[-1]:
+        kth = mx.sort(logits)[-p.top_k]
+        logits = mx.where(logits < kth, NEG_INF, logits)
+    if p.min_p > 0.0:
+        probs = mx.softmax(logits)
+        logits = mx.where(probs < p.min_p * probs.max(), NEG_INF, logits)
+    if p.top_p < 1.0:
+        order = mx.argsort(-logits)
+        sorted_probs = mx.softmax(logits[order])
+        # keep a token if the mass before it is below top_p (the first is always kept)
+        before = mx.cumsum(sorted_probs) - sorted_probs
+        keep_sorted = before < p.top_p
+        keep = mx.zeros_like(keep_sorted)
+        keep[order] = keep_sorted
+        logits = mx.where(keep, logits, NEG_INF)
+    return logits
+
+
+def sample(
+    logits: mx.array, rows: Sequence[RowSampler], generated: Sequence[list[int]]
+) -> SampleResult:
+    """Pick one token per row of logits[B, V]; evaluates the whole batch at once."""
+    logits = logits.astype(mx.float32)
+    want_lp = any(r.params.logprobs for r in rows)
+    processed = []
+    for i, row in enumerate(rows):
+        x = logits[i]
+        for proc in row.processors:
+            x = proc(generated[i], x)
+        processed.append(x)
+    x_all = mx.stack(processed) if any(r.processors for r in rows) else logits
+
+    choices: list[mx.array] = []
+    greedy = mx.argmax(x_all, axis=-1)
+    for i, row in enumerate(rows):
+        p = row.params
+        if p.greedy:
+            choices.append(greedy[i])
+            continue
+        scaled = _filter(x_all[i] / p.temperature, p)
+        choices.append(mx.random.categorical(scaled, key=row.next_key()))
+    tokens = mx.stack(choices)
+
+    logprobs_arr = None
+    if want_lp:
+        logprobs_arr = x_all - mx.logsumexp(x_all, axis=-1, keepdims=True)
+        chosen = mx.take_along_axis(logprobs_arr, tokens[:, None], axis=-1)[:, 0]
+        mx.eval(tokens, chosen)
+    else:
+        mx.eval(tokens)
+    tok_list: list[int] = tokens.tolist()  # type: ignore[assignment]
+
+    lps: list[float | None] = [None] * len(rows)
+    tops: list[list[tuple[int, float]]] = [[] for _ in rows]
+    if logprobs_arr is not None:
+        chosen_list = chosen.tolist()
+        for i, row in enumerate(rows):
+            if not row.params.logprobs:
+                continue
+            lps[i] = float(chosen_list[i])  # type: ignore[index]
+            k = row.params.top_logprobs
+            if k > 0:
+                idx = mx.argsort(-logprobs_arr[i])[:k]
+                vals = logprobs_arr[i][idx]
+                tops[i] = list(zip(idx.tolist(), vals.tolist()))  # type: ignore[arg-type]
+    return SampleResult(tok_list, lps, tops)

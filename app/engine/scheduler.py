@@ -1,0 +1,84 @@
+"""Which work the engine does next: pure Python, no MLX, unit-tested with fakes.
+
+Policy:
+- Running sequences decode together every step (continuous batching).
+- One prefill chunk per step, for the waiting sequence with the fewest prompt
+  tokens left (a short request is not stuck behind a long prompt).
+- While streams are decoding, the chunk is sized from the measured prefill rate so
+  one chunk takes about `busy_chunk_seconds`; with nothing decoding, it is large.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+MIN_CHUNK = 16
+RATE_EMA = 0.3  # weight of the newest prefill-rate sample
+
+
+class Schedulable(Protocol):
+    @property
+    def prefill_remaining(self) -> int: ...
+
+
+@dataclass(slots=True)
+class StepPlan:
+    prefill: Schedulable | None = None
+    chunk: int = 0
+    decode: bool = False
+
+    @property
+    def idle(self) -> bool:
+        return self.prefill is None and not self.decode
+
+
+@dataclass(slots=True)
+class Scheduler:
+    max_batch: int = 32
+    idle_chunk: int = 512
+    busy_chunk_seconds: float = 0.25
+    waiting: list[Schedulable] = field(default_factory=list)
+    running: list[Schedulable] = field(default_factory=list)
+    prefill_rate: float | None = None
+    """Measured prompt tokens per second (EMA), None until the first chunk."""
+
+    def add(self, seq: Schedulable) -> None:
+        self.waiting.append(seq)
+
+    def promote(self, seq: Schedulable) -> None:
+        """A sequence finished its prefill and joins the decode batch."""
+        self.waiting.remove(seq)
+        self.running.append(seq)
+
+    def remove(self, seq: Schedulable) -> None:
+        if seq in self.waiting:
+            self.waiting.remove(seq)
+        elif seq in self.running:
+            self.running.remove(seq)
+
+    def observe_prefill(self, tokens: int, seconds: float) -> None:
+        if tokens < MIN_CHUNK or seconds <= 0:
+            return  # tiny chunks are dominated by fixed overhead
+        rate = tokens / seconds
+        prev = self.prefill_rate
+        self.prefill_rate = rate if prev is None else (1 - RATE_EMA) * prev + RATE_EMA * rate
+
+    def busy_chunk(self) -> int:
+        if self.prefill_rate is None:
+            return max(MIN_CHUNK, self.idle_chunk // 4)
+        size = int(self.prefill_rate * self.busy_chunk_seconds)
+        return max(MIN_CHUNK, min(self.idle_chunk, size))
+
+    def plan(self) -> StepPlan:
+        plan = StepPlan(decode=bool(self.running))
+        if self.waiting and len(self.running) < self.max_batch:
+            seq = min(self.waiting, key=lambda s: s.prefill_remaining)
+            limit = self.busy_chunk() if self.running else self.idle_chunk
+            plan.prefill = seq
+            plan.chunk = min(limit, seq.prefill_remaining)
+        return plan
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running)

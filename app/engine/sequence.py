@@ -1,0 +1,79 @@
+"""One generation request's state inside the engine thread."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from app.engine.request import Delta, Finished, FinishReason, GenerationRequest, TokenLogprob, Usage
+from app.engine.sampling import RowSampler
+from app.engine.stream import RequestStream
+from app.text.detokenize import IncrementalDetokenizer
+from app.text.stops import StopMatcher
+
+
+@dataclass(slots=True, eq=False)  # identity semantics: sequences live in lists
+class Sequence:
+    req: GenerationRequest
+    stream: RequestStream
+    sampler: RowSampler
+    detok: IncrementalDetokenizer
+    stops: StopMatcher
+    eos_ids: set[int]
+    context_length: int
+    prefilled: int = 0
+    """Prompt tokens whose KV is computed (cached or prefilled)."""
+    cached_tokens: int = 0
+    cache_info: str | None = None
+    cache: list[Any] | None = None
+    """Per-layer KV cache while prefilling; None once merged into the batch."""
+    generated: list[int] = field(default_factory=list)
+    last_token: int = -1
+    aborted: bool = False
+    finished: bool = False
+
+    @property
+    def prompt(self) -> list[int]:
+        return self.req.prompt_tokens
+
+    @property
+    def prefill_remaining(self) -> int:
+        return len(self.req.prompt_tokens) - self.prefilled
+
+    @property
+    def kv_tokens(self) -> list[int]:
+        """Tokens whose KV the cache holds once decoding: the last sampled one is not fed yet."""
+        return self.req.prompt_tokens + self.generated[:-1]
+
+    def accept(self, token: int, decode_piece: Any, logprob: float | None,
+               top: list[tuple[int, float]]) -> None:
+        """Take a sampled token: emit stop-safe text; finish on eos, stop string or length."""
+        self.generated.append(token)
+        self.last_token = token
+        lps: list[TokenLogprob] = []
+        if logprob is not None:
+            lps.append(TokenLogprob(decode_piece(token), logprob,
+                                    [(decode_piece(t), v) for t, v in top]))
+        reason: FinishReason | None = None
+        if token in self.eos_ids:
+            text = self.stops.push(self.detok.flush()) + self.stops.flush()
+            reason = "stop"
+        else:
+            text = self.stops.push(self.detok.add(token))
+            if self.stops.stopped:
+                reason = "stop"
+            elif (len(self.generated) >= self.req.max_tokens
+                  or len(self.req.prompt_tokens) + len(self.generated) >= self.context_length):
+                text += self.stops.push(self.detok.flush()) + self.stops.flush()
+                reason = "length"
+        # Sent even without text (half a UTF-8 character): token counts stay exact.
+        self.stream.put_threadsafe(Delta(text, [token], lps))
+        if reason is not None:
+            self.finish(reason)
+
+    def finish(self, reason: FinishReason) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        usage = Usage(len(self.req.prompt_tokens), len(self.generated), self.cached_tokens)
+        self.stream.put_threadsafe(Finished(reason, usage, self.cache_info))

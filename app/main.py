@@ -1,0 +1,74 @@
+"""create_app(settings): the FastAPI application and its lifespan (engine start/stop)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from app.api import chat, models
+from app.api.errors import install_error_handlers
+from app.blas import load_openblas
+from app.engine.engine import Engine
+from app.models.registry import Registry
+from app.serving.chat import ChatService
+from app.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+def describe_runtime() -> str:
+    import mlx.core as mx
+
+    blas = load_openblas()
+    device = mx.default_device()
+    dtype = "float32 (CPU: half-precision matmuls are slow here)" if device == mx.cpu \
+        else "model dtype (GPU)"
+    return f"mlx {mx.__version__}, device {device}, BLAS {blas.name}" + \
+        (f" ({blas.path})" if blas.path else "") + f", compute dtype {dtype}"
+
+
+async def _eager_load(app: FastAPI) -> None:
+    registry: Registry = app.state.registry
+    if not registry.default_chat:
+        return
+    spec = registry.get(registry.default_chat)
+    assert spec is not None
+    try:
+        await app.state.engine.chat_model(spec)
+    except Exception as exc:  # reported by /health; the server keeps running
+        logger.exception("loading default model %s failed", spec.id)
+        app.state.load_error = str(exc)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    registry = Registry.from_yaml(settings.models, settings.default_model,
+                                  settings.default_transcription_model)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        logger.info("runtime: %s", describe_runtime())
+        engine = Engine(settings, registry)
+        engine.start(asyncio.get_running_loop())
+        app.state.engine = engine
+        app.state.chat = ChatService(engine, registry, settings)
+        app.state.load_error = None
+        loader = asyncio.create_task(_eager_load(app)) if settings.eager_load else None
+        try:
+            yield
+        finally:
+            if loader is not None:
+                loader.cancel()
+            await asyncio.get_running_loop().run_in_executor(None, engine.stop)
+
+    app = FastAPI(title="mlxd", version="0.1.0", lifespan=lifespan)
+    app.state.settings = settings
+    app.state.registry = registry
+    install_error_handlers(app)
+    app.include_router(chat.router)
+    app.include_router(models.router)
+    return app

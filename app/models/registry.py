@@ -1,0 +1,160 @@
+"""models.yaml: which models exist, where their files come from, and their defaults."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+logger = logging.getLogger(__name__)
+
+ModelKind = Literal["chat", "transcription"]
+KINDS = ("chat", "transcription")
+
+
+class RegistryError(ValueError):
+    """models.yaml is malformed."""
+
+
+class SourceUnavailable(RuntimeError):
+    """A model's files cannot be found or fetched."""
+
+
+@dataclass(slots=True)
+class ModelSource:
+    package: str | None = None
+    path: str | None = None
+    hf: str | None = None
+
+    def describe(self) -> str:
+        return f"package:{self.package}" if self.package else (
+            f"path:{self.path}" if self.path else f"hf:{self.hf}")
+
+
+@dataclass(slots=True)
+class ModelSpec:
+    id: str
+    kind: ModelKind
+    source: ModelSource
+    aliases: list[str] = field(default_factory=list)
+    context_length: int | None = None
+    defaults: dict[str, Any] = field(default_factory=dict)
+    dtype: str | None = None
+    optional: bool = False
+
+
+def _package_path(ref: str) -> Path | None:
+    pkg, _, rest = ref.partition("/")
+    try:
+        spec = importlib.util.find_spec(pkg)  # does not import the package
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0]) / rest
+
+
+def resolve_source(spec: ModelSpec, *, offline: bool = False) -> Path:
+    """Local filesystem path of a model's file or folder, downloading from the Hub if needed."""
+    src = spec.source
+    if src.package:
+        path = _package_path(src.package)
+        if path is None or not path.exists():
+            raise SourceUnavailable(f"model {spec.id!r}: package file {src.package!r} not installed")
+        return path
+    if src.path:
+        path = Path(src.path).expanduser()
+        if not path.exists():
+            raise SourceUnavailable(f"model {spec.id!r}: {path} does not exist")
+        return path
+    assert src.hf is not None
+    return _hf_fetch(spec.id, src.hf, offline)
+
+
+def _hf_fetch(model_id: str, ref: str, offline: bool) -> Path:
+    from huggingface_hub import hf_hub_download, snapshot_download
+
+    parts = ref.split("/")
+    repo, filename = "/".join(parts[:2]), "/".join(parts[2:]) or None
+    try:
+        if filename:
+            return Path(hf_hub_download(repo, filename, local_files_only=offline))
+        patterns = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
+        return Path(snapshot_download(repo, allow_patterns=patterns, local_files_only=offline))
+    except Exception as exc:  # hub errors come in many types; all mean "not available"
+        raise SourceUnavailable(f"model {model_id!r}: cannot fetch {ref!r}: {exc}") from exc
+
+
+def source_available(spec: ModelSpec) -> bool:
+    """Cheap check used to list models: package/path present (Hub sources assumed fetchable)."""
+    src = spec.source
+    if src.package:
+        p = _package_path(src.package)
+        return p is not None and p.exists()
+    if src.path:
+        return Path(src.path).expanduser().exists()
+    return True
+
+
+@dataclass(slots=True)
+class Registry:
+    specs: list[ModelSpec]
+    default_chat: str | None = None
+    default_transcription: str | None = None
+    _names: dict[str, ModelSpec] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for spec in self.specs:
+            for name in (spec.id, *spec.aliases):
+                if name in self._names:
+                    raise RegistryError(f"model name {name!r} is declared twice")
+                self._names[name] = spec
+        self.default_chat = self.default_chat or next(
+            (s.id for s in self.specs if s.kind == "chat" and source_available(s)), None)
+        self.default_transcription = self.default_transcription or next(
+            (s.id for s in self.specs if s.kind == "transcription" and source_available(s)), None)
+
+    def get(self, name: str) -> ModelSpec | None:
+        return self._names.get(name)
+
+    def listed(self) -> list[ModelSpec]:
+        return [s for s in self.specs if not s.optional or source_available(s)]
+
+    @classmethod
+    def from_yaml(cls, path: Path, default_chat: str | None = None,
+                  default_transcription: str | None = None) -> Registry:
+        try:
+            doc = yaml.safe_load(path.read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise RegistryError(f"cannot read {path}: {exc}") from exc
+        specs = [_parse_spec(entry, i) for i, entry in enumerate(doc.get("models") or [])]
+        reg = cls(specs, default_chat, default_transcription)
+        for name in (default_chat, default_transcription):
+            if name and reg.get(name) is None:
+                raise RegistryError(f"default model {name!r} is not in {path}")
+        return reg
+
+
+def _parse_spec(entry: Any, index: int) -> ModelSpec:
+    if not isinstance(entry, dict) or "id" not in entry:
+        raise RegistryError(f"models[{index}] needs an 'id'")
+    kind = entry.get("kind", "chat")
+    if kind not in KINDS:
+        raise RegistryError(f"model {entry['id']!r}: kind must be one of {KINDS}")
+    src = entry.get("source") or {}
+    if not isinstance(src, dict) or sum(bool(src.get(k)) for k in ("package", "path", "hf")) != 1:
+        raise RegistryError(f"model {entry['id']!r}: source needs exactly one of package/path/hf")
+    return ModelSpec(
+        id=str(entry["id"]),
+        kind=kind,
+        source=ModelSource(src.get("package"), src.get("path"), src.get("hf")),
+        aliases=[str(a) for a in entry.get("aliases") or []],
+        context_length=entry.get("context_length"),
+        defaults=dict(entry.get("defaults") or {}),
+        dtype=entry.get("dtype"),
+        optional=bool(entry.get("optional", False)),
+    )

@@ -1,0 +1,242 @@
+"""Chat completions between the HTTP route and the engine (async, no MLX).
+
+Everything that can fail for a bad request (model name, parameters, template,
+context length) is checked in `prepare()`, before the first byte is sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+
+from app.api.errors import APIError, model_not_found
+from app.api.schemas import ChatCompletionRequest
+from app.api.sse import SSE_DONE, sse_comment, sse_data
+from app.engine.engine import ChatModelHandle, Engine
+from app.engine.request import (
+    Delta, Failed, Finished, GenerationRequest, SamplingParams, TokenLogprob, Usage,
+)
+from app.engine.stream import RequestStream
+from app.models.registry import Registry
+from app.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+SAMPLING_DEFAULTS = {"temperature": 1.0, "top_p": 1.0, "top_k": 0, "min_p": 0.0,
+                     "repetition_penalty": 1.0}
+
+
+@dataclass(slots=True)
+class PreparedChat:
+    body: ChatCompletionRequest
+    handle: ChatModelHandle
+    requests: list[GenerationRequest]
+    id: str
+    created: int
+
+    @property
+    def model_name(self) -> str:
+        return self.handle.spec.id
+
+
+class ChatService:
+    def __init__(self, engine: Engine, registry: Registry, settings: Settings) -> None:
+        self.engine = engine
+        self.registry = registry
+        self.settings = settings
+
+    async def prepare(self, body: ChatCompletionRequest, session: str | None) -> PreparedChat:
+        name = body.model or self.registry.default_chat
+        spec = self.registry.get(name) if name else None
+        if spec is None or spec.kind != "chat":
+            raise model_not_found(name or "")
+        handle = await self.engine.chat_model(spec)
+        prompt = await run_in_threadpool(self._render, body, handle)
+        ctx = handle.context_length
+        limit = body.max_completion_tokens or body.max_tokens
+        if len(prompt) >= ctx or (limit is not None and len(prompt) + limit > ctx):
+            want = f"{len(prompt)} prompt tokens" + (f" + {limit} max tokens" if limit else "")
+            raise APIError(400, f"This model's maximum context length is {ctx} tokens; "
+                           f"the request has {want}.", param="messages",
+                           code="context_length_exceeded")
+        max_tokens = limit or spec.defaults.get("max_tokens") or self.settings.default_max_tokens
+        max_tokens = min(max_tokens or ctx, ctx - len(prompt))
+        sampling = self._sampling(body, handle)
+        key = body.prompt_cache_key or session
+        reqs = []
+        for i in range(body.n):
+            params = sampling if i == 0 else _with_seed(sampling, i)
+            reqs.append(GenerationRequest(spec.id, prompt, max_tokens, params,
+                                          body.stop_list(), key))
+        return PreparedChat(body, handle, reqs, f"chatcmpl-{uuid.uuid4().hex}", int(time.time()))
+
+    def _render(self, body: ChatCompletionRequest, handle: ChatModelHandle) -> list[int]:
+        try:
+            messages = [{"role": m.role, "content": m.text(),
+                         **({"name": m.name} if m.name else {})} for m in body.messages]
+        except ValueError as exc:
+            raise APIError(400, str(exc), param="messages") from exc
+        try:
+            text = handle.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+        except Exception as exc:  # template errors (raise_exception) are the client's input
+            raise APIError(400, f"chat template error: {exc}", param="messages") from exc
+        return handle.tokenizer.encode(text, add_special_tokens=False)
+
+    def _sampling(self, body: ChatCompletionRequest, handle: ChatModelHandle) -> SamplingParams:
+        defaults = {**SAMPLING_DEFAULTS, **handle.spec.defaults}
+
+        def pick(name: str) -> Any:
+            val = getattr(body, name)
+            return defaults[name] if val is None else val
+
+        bias: dict[int, float] = {}
+        vocab = handle.tokenizer.vocab_size
+        for key, val in (body.logit_bias or {}).items():
+            tid = int(key)
+            if not 0 <= tid < vocab:
+                raise APIError(400, f"logit_bias token id {tid} is outside the vocabulary "
+                               f"(0..{vocab - 1})", param="logit_bias")
+            bias[tid] = val
+        return SamplingParams(
+            temperature=float(pick("temperature")), top_p=float(pick("top_p")),
+            top_k=int(pick("top_k")), min_p=float(pick("min_p")), seed=body.seed,
+            presence_penalty=body.presence_penalty, frequency_penalty=body.frequency_penalty,
+            repetition_penalty=float(pick("repetition_penalty")), logit_bias=bias,
+            logprobs=body.logprobs, top_logprobs=body.top_logprobs or 0,
+        )
+
+    # -- running ----------------------------------------------------------------
+    def _submit(self, prep: PreparedChat) -> list[RequestStream]:
+        return [self.engine.submit(r) for r in prep.requests]
+
+    def _abort_unfinished(self, prep: PreparedChat, streams: list[RequestStream]) -> None:
+        for req, stream in zip(prep.requests, streams):
+            if not stream.closed:
+                self.engine.abort(req.id)
+
+    async def complete(self, prep: PreparedChat) -> dict[str, Any]:
+        streams = self._submit(prep)
+        try:
+            results = await asyncio.gather(*(_collect(s) for s in streams))
+        finally:  # a cancelled (disconnected) request stops generating
+            self._abort_unfinished(prep, streams)
+        choices = []
+        usage = Usage(0, 0)
+        cache_info = None
+        for i, (text, lps, fin) in enumerate(results):
+            choices.append({"index": i, "message": {"role": "assistant", "content": text},
+                            "logprobs": _logprobs_json(lps) if prep.body.logprobs else None,
+                            "finish_reason": fin.reason})
+            usage.prompt_tokens = fin.usage.prompt_tokens
+            usage.cached_tokens = max(usage.cached_tokens, fin.usage.cached_tokens)
+            usage.completion_tokens += fin.usage.completion_tokens
+            cache_info = cache_info or fin.cache_info
+        return {"id": prep.id, "object": "chat.completion", "created": prep.created,
+                "model": prep.model_name, "system_fingerprint": _fp(prep),
+                "choices": choices, "usage": usage_json(usage)}
+
+    async def stream(self, prep: PreparedChat) -> AsyncIterator[bytes]:
+        streams = self._submit(prep)
+        merged: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
+        pumps = [asyncio.create_task(_pump(i, s, merged, self.settings.keepalive_seconds))
+                 for i, s in enumerate(streams)]
+        include_usage = bool(prep.body.stream_options and prep.body.stream_options.include_usage)
+        usage = Usage(0, 0)
+        try:
+            for i in range(len(streams)):
+                yield self._chunk(prep, i, {"role": "assistant", "content": ""})
+            open_streams = len(streams)
+            while open_streams:
+                i, event = await merged.get()
+                if event is None:
+                    yield sse_comment()
+                elif isinstance(event, Delta):
+                    if not event.text and not event.logprobs:
+                        continue
+                    yield self._chunk(prep, i, {"content": event.text},
+                                      logprobs=event.logprobs if prep.body.logprobs else None)
+                elif isinstance(event, Finished):
+                    open_streams -= 1
+                    usage.prompt_tokens = event.usage.prompt_tokens
+                    usage.cached_tokens = max(usage.cached_tokens, event.usage.cached_tokens)
+                    usage.completion_tokens += event.usage.completion_tokens
+                    yield self._chunk(prep, i, {}, finish=event.reason)
+                elif isinstance(event, Failed):
+                    # Headers are gone: report in-band, OpenAI style, and end the stream.
+                    yield sse_data({"error": {"message": event.message, "type": event.type,
+                                              "param": None, "code": event.code}})
+                    return
+            if include_usage:
+                yield sse_data({"id": prep.id, "object": "chat.completion.chunk",
+                                "created": prep.created, "model": prep.model_name,
+                                "system_fingerprint": _fp(prep), "choices": [],
+                                "usage": usage_json(usage)})
+            yield SSE_DONE
+        finally:
+            for t in pumps:
+                t.cancel()
+            self._abort_unfinished(prep, streams)
+
+    def _chunk(self, prep: PreparedChat, index: int, delta: dict[str, Any], *,
+               finish: str | None = None, logprobs: list[TokenLogprob] | None = None) -> bytes:
+        choice: dict[str, Any] = {"index": index, "delta": delta,
+                                  "logprobs": _logprobs_json(logprobs) if logprobs else None,
+                                  "finish_reason": finish}
+        return sse_data({"id": prep.id, "object": "chat.completion.chunk",
+                         "created": prep.created, "model": prep.model_name,
+                         "system_fingerprint": _fp(prep), "choices": [choice]})
+
+
+async def _collect(stream: RequestStream) -> tuple[str, list[TokenLogprob], Finished]:
+    parts: list[str] = []
+    lps: list[TokenLogprob] = []
+    async for event in stream:
+        if isinstance(event, Delta):
+            parts.append(event.text)
+            lps.extend(event.logprobs)
+        elif isinstance(event, Finished):
+            return "".join(parts), lps, event
+        elif isinstance(event, Failed):
+            raise APIError(event.status, event.message, type=event.type, code=event.code)
+    raise APIError(500, "generation ended without a result")
+
+
+async def _pump(index: int, stream: RequestStream, out: asyncio.Queue[tuple[int, Any]],
+                keepalive: float) -> None:
+    while True:
+        event = await stream.get(timeout=keepalive)
+        await out.put((index, event))
+        if isinstance(event, (Finished, Failed)):
+            return
+
+
+def _with_seed(params: SamplingParams, offset: int) -> SamplingParams:
+    from dataclasses import replace
+
+    return replace(params, seed=None if params.seed is None else params.seed + offset)
+
+
+def _fp(prep: PreparedChat) -> str:
+    return "fp_" + prep.handle.fingerprint[:12]
+
+
+def usage_json(u: Usage) -> dict[str, Any]:
+    return {"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
+            "total_tokens": u.total_tokens,
+            "prompt_tokens_details": {"cached_tokens": u.cached_tokens}}
+
+
+def _lp_entry(token: str, logprob: float) -> dict[str, Any]:
+    return {"token": token, "logprob": logprob, "bytes": list(token.encode("utf-8"))}
+
+
+def _logprobs_json(lps: list[TokenLogprob]) -> dict[str, Any]:
+    return {"content": [{**_lp_entry(lp.token, lp.logprob),
+                         "top_logprobs": [_lp_entry(t, v) for t, v in lp.top]} for lp in lps]}
