@@ -122,6 +122,9 @@ class ChatRunner:
 
     # -- leaving the batch --------------------------------------------------
     def _reap_aborted(self) -> None:
+        for seq in [s for s in self._all() if s.aborted]:
+            logger.info("request %d aborted after %d/%d prompt tokens, %d generated",
+                        seq.req.id, seq.prefilled, len(seq.prompt), len(seq.generated))
         for seq in [s for s in self.scheduler.waiting if s.aborted]:  # type: ignore[attr-defined]
             self.scheduler.remove(seq)
             seq.finish("abort")
