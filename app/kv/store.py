@@ -1,0 +1,456 @@
+"""Resident KV caches under a byte budget: prefix reuse, sessions, LRU, disk spill.
+
+Lives on the engine thread (the only one touching MLX), so nothing here locks. An
+entry is the exact KV of one token sequence (prompt + completion). Named sessions own
+their entry; anonymous entries are shared by longest-prefix match, so a system prompt
+common to many sessions is reused. Eviction takes anonymous entries first (cheap to
+lose), then named ones, which spill to disk and come back on their next request.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlx.core as mx
+
+from app.kv import persist
+from app.kv.radix import RadixTree, common_prefix_len
+from app.kv.sizing import kv_nbytes
+
+logger = logging.getLogger(__name__)
+
+REASON_HIT = "hit"
+REASON_NO_ENTRY = "no-entry"
+REASON_EVICTED = "evicted"
+REASON_OTHER_MODEL = "other-model"
+SOURCE_SESSION = "session"
+SOURCE_PREFIX = "prefix"
+# Named sessions evicted without a disk copy are remembered (key only) so their next
+# request can say "evicted" instead of "no-entry"; bounded since keys are user input.
+MAX_TOMBSTONES = 10_000
+# Axis of the token dimension in [1, kv_heads, T, head_dim].
+SEQ_AXIS = 2
+
+Layers = list[tuple[mx.array, mx.array]]
+
+
+def diverged_reason(at: int) -> str:
+    return f"diverged at {at}"
+
+
+@dataclass(slots=True, eq=False)
+class KVEntry:
+    id: int
+    tokens: tuple[int, ...]
+    layers: Layers
+    """Per layer (keys, values), [1, kv_heads, len(tokens), head_dim], no padding."""
+    nbytes: int
+    session: str | None
+    last_used: float
+    """Seconds since the epoch."""
+    pins: int = 0
+    """Running requests using this entry; pinned entries are never evicted."""
+    persisted: bool = False
+    """The session's disk file holds exactly this entry (a spill needs no write)."""
+
+
+@dataclass(slots=True)
+class Lookup:
+    entry: KVEntry | None
+    matched: int
+    """Leading tokens of the query whose KV is `entry.layers[..., :matched, :]`."""
+    reason: str
+    """'hit', 'no-entry', 'evicted', 'other-model' or 'diverged at N'."""
+    source: str | None = None
+    """'session' (the session's own entry), 'prefix' (global longest prefix) or None."""
+
+
+@dataclass(slots=True)
+class SessionInfo:
+    key: str
+    tokens: int
+    bytes: int
+    resident: bool
+    on_disk: bool
+    """A disk file exists (for a resident session: an up-to-date one)."""
+    last_used: float
+    other_model: bool = False
+    """The disk file was written for another model fingerprint (unusable)."""
+
+
+@dataclass(slots=True)
+class StoreStats:
+    lookups: int = 0
+    hits: int = 0
+    partial_hits: int = 0
+    misses: int = 0
+    cached_tokens: int = 0
+    puts: int = 0
+    rejected: int = 0
+    superseded: int = 0
+    evictions: int = 0
+    spills: int = 0
+    restores: int = 0
+    other_model: int = 0
+    # Gauges, filled in by KVStore.stats.
+    entries: int = 0
+    resident_bytes: int = 0
+    reserved_bytes: int = 0
+    pinned_bytes: int = 0
+    budget_bytes: int = 0
+    disk_sessions: int = 0
+
+
+def snapshot_layers(layers: Sequence[tuple[mx.array, mx.array]], length: int) -> Layers:
+    """Compact, evaluated copies of the first `length` positions of each layer.
+
+    A lazy slice of a step-padded KVCache buffer would keep the whole buffer alive
+    while `nbytes` reports only the slice; contiguous copies make the budget honest.
+    """
+    out = [
+        (mx.contiguous(k[:, :, :length, :]), mx.contiguous(v[:, :, :length, :]))
+        for k, v in layers
+    ]
+    mx.eval([a for kv in out for a in kv])
+    return out
+
+
+def prefix_layers(entry: KVEntry, length: int) -> Layers:
+    """Lazy views of the entry's first `length` positions (to seed a request's cache)."""
+    if length >= len(entry.tokens):
+        return list(entry.layers)
+    return [(k[:, :, :length, :], v[:, :, :length, :]) for k, v in entry.layers]
+
+
+class KVStore:
+    def __init__(self, budget_bytes: int, fingerprint: str, persist_dir: Path | None) -> None:
+        self.budget_bytes = budget_bytes
+        self.fingerprint = fingerprint
+        self.persist_dir = persist_dir
+        self._entries: dict[int, KVEntry] = {}
+        self._radix = RadixTree()
+        # Two LRU lists (oldest first) so eviction drains anonymous before named.
+        self._lru_anon: OrderedDict[int, None] = OrderedDict()
+        self._lru_named: OrderedDict[int, None] = OrderedDict()
+        self._by_session: dict[str, int] = {}
+        self._disk: dict[str, persist.DiskHeader] = {}
+        self._tombstones: OrderedDict[str, None] = OrderedDict()
+        self._bytes = 0
+        self._reserved = 0
+        self._next_id = 0
+        self._stats = StoreStats()
+        if persist_dir is not None:
+            persist_dir.mkdir(parents=True, exist_ok=True)
+            for header in persist.scan(persist_dir):
+                self._disk[header.session] = header
+            logger.info("KV store: %d session file(s) in %s", len(self._disk), persist_dir)
+
+    # -- queries -----------------------------------------------------------------
+
+    @property
+    def total_bytes(self) -> int:
+        return self._bytes
+
+    @property
+    def reserved_bytes(self) -> int:
+        return self._reserved
+
+    @property
+    def pinned_bytes(self) -> int:
+        return sum(e.nbytes for e in self._entries.values() if e.pins > 0)
+
+    @property
+    def stats(self) -> StoreStats:
+        return dataclasses.replace(
+            self._stats,
+            entries=len(self._entries),
+            resident_bytes=self._bytes,
+            reserved_bytes=self._reserved,
+            pinned_bytes=self.pinned_bytes,
+            budget_bytes=self.budget_bytes,
+            disk_sessions=len(self._disk),
+        )
+
+    def lookup(self, tokens: Sequence[int], session: str | None = None) -> Lookup:
+        """Best cached KV for `tokens`: the session's own entry, else the longest prefix."""
+        query = tuple(tokens)
+        self._stats.lookups += 1
+        own, own_reason = self._session_entry(session) if session is not None else (None, None)
+        own_matched = common_prefix_len(own.tokens, query) if own is not None else 0
+        best_id, best_matched = self._radix.longest_match(query)
+
+        entry: KVEntry | None = None
+        matched, source = 0, None
+        if own is not None and own_matched > 0 and own_matched >= best_matched:
+            entry, matched, source = own, own_matched, SOURCE_SESSION
+        elif best_id is not None:
+            entry, matched, source = self._entries[best_id], best_matched, SOURCE_PREFIX
+
+        if entry is None:
+            self._stats.misses += 1
+            reason = own_reason or (diverged_reason(0) if own is not None else REASON_NO_ENTRY)
+            return Lookup(None, 0, reason)
+        self._touch(entry)
+        self._stats.cached_tokens += matched
+        full = matched == len(entry.tokens) or matched == len(query)
+        if full:
+            self._stats.hits += 1
+        else:
+            self._stats.partial_hits += 1
+        if own_reason is not None:
+            reason = own_reason  # served by the global fallback; say why not the session
+        elif source == SOURCE_PREFIX and own is not None:
+            reason = diverged_reason(own_matched)
+        else:
+            reason = REASON_HIT if full else diverged_reason(matched)
+        return Lookup(entry, matched, reason, source)
+
+    def sessions(self) -> list[SessionInfo]:
+        """Every named session, resident or on disk, most recently used first."""
+        out: list[SessionInfo] = []
+        for key, eid in self._by_session.items():
+            e = self._entries[eid]
+            out.append(
+                SessionInfo(key, len(e.tokens), e.nbytes, True, e.persisted, e.last_used)
+            )
+        for key, h in self._disk.items():
+            if key not in self._by_session:
+                out.append(
+                    SessionInfo(
+                        key, h.n_tokens, h.nbytes, False, True, h.mtime,
+                        other_model=h.fingerprint != self.fingerprint,
+                    )
+                )
+        out.sort(key=lambda s: s.last_used, reverse=True)
+        return out
+
+    # -- updates -----------------------------------------------------------------
+
+    def put(self, tokens: Sequence[int], layers: Layers, session: str | None = None) -> bool:
+        """Keep the KV of `tokens` (prompt + completion). True if it is now resident.
+
+        Call release() for the request's reservation first, so its bytes count here.
+        """
+        seq = tuple(tokens)
+        if not seq:
+            return False
+        for k, v in layers:
+            if k.shape[SEQ_AXIS] != len(seq) or v.shape[SEQ_AXIS] != len(seq):
+                raise ValueError(
+                    f"KV holds {k.shape[SEQ_AXIS]} positions for {len(seq)} tokens"
+                )
+        self._stats.puts += 1
+        nbytes = kv_nbytes(layers)
+        if nbytes > self.budget_bytes:
+            self._stats.rejected += 1
+            logger.info("KV entry of %d bytes exceeds the whole budget; not stored", nbytes)
+            return False
+        if session is None:
+            covering, matched = self._radix.longest_match(seq)
+            if covering is not None and matched == len(seq):
+                self._touch(self._entries[covering])  # already cached inside a longer one
+                return True
+        else:
+            old = self._by_session.get(session)
+            if old is not None:
+                self._remove(self._entries[old])
+                self._stats.superseded += 1
+            self._tombstones.pop(session, None)
+        for eid in self._radix.prefixes_of(seq):
+            prefix = self._entries[eid]
+            if prefix.session is None:  # other sessions' entries are theirs to keep
+                self._remove(prefix)
+                self._stats.superseded += 1
+
+        if not self._make_room(nbytes):
+            self._stats.rejected += 1
+            if session is not None and self._spill_to_disk(session, seq, layers):
+                return False
+            if session is not None:
+                self._remember_evicted(session)
+            logger.info("no room for a %d-byte KV entry (pinned/reserved)", nbytes)
+            return False
+        self._add(seq, layers, nbytes, session)
+        return True
+
+    def reserve(self, nbytes: int) -> bool:
+        """Admit a request that needs `nbytes` of KV: evict idle entries to make room.
+
+        False (nothing evicted) when pinned entries and other reservations leave no
+        room; the engine answers 503 + Retry-After. Pair with release().
+        """
+        if nbytes > self.budget_bytes or not self._make_room(nbytes):
+            return False
+        self._reserved += nbytes
+        return True
+
+    def release(self, nbytes: int) -> None:
+        self._reserved = max(self._reserved - nbytes, 0)
+
+    def pin(self, entry: KVEntry) -> None:
+        entry.pins += 1
+
+    def unpin(self, entry: KVEntry) -> None:
+        entry.pins = max(entry.pins - 1, 0)
+
+    def delete_session(self, key: str) -> bool:
+        """Forget a session in memory and on disk. False if it was unknown."""
+        found = False
+        eid = self._by_session.get(key)
+        if eid is not None:
+            self._remove(self._entries[eid])
+            found = True
+        if self._disk.pop(key, None) is not None:
+            found = True
+        if self.persist_dir is not None:
+            with contextlib.suppress(FileNotFoundError):
+                persist.session_path(self.persist_dir, key).unlink()
+        if self._tombstones.pop(key, None) is not None:
+            found = True
+        return found
+
+    def persist_all(self) -> int:
+        """Write every resident named session to disk (graceful shutdown). Returns count."""
+        if self.persist_dir is None:
+            return 0
+        written = 0
+        for eid in list(self._by_session.values()):
+            entry = self._entries[eid]
+            if not entry.persisted and self._write(entry):
+                written += 1
+        return written
+
+    def clear(self) -> None:
+        """Drop every resident entry (model unload); call persist_all() first to keep them."""
+        for entry in list(self._entries.values()):
+            self._remove(entry)
+
+    # -- internals ---------------------------------------------------------------
+
+    def _session_entry(self, session: str) -> tuple[KVEntry | None, str | None]:
+        eid = self._by_session.get(session)
+        if eid is not None:
+            return self._entries[eid], None
+        header = self._disk.get(session)
+        if header is not None:
+            if header.fingerprint != self.fingerprint:
+                self._stats.other_model += 1
+                return None, REASON_OTHER_MODEL
+            restored = self._restore(session, header)
+            return (restored, None) if restored is not None else (None, REASON_EVICTED)
+        if session in self._tombstones:
+            return None, REASON_EVICTED
+        return None, None
+
+    def _restore(self, session: str, header: persist.DiskHeader) -> KVEntry | None:
+        # Make room before reading, so the load never pushes memory past the budget.
+        if header.nbytes > self.budget_bytes or not self._make_room(header.nbytes):
+            logger.info("no room to restore session %r (%d bytes)", session, header.nbytes)
+            return None
+        loaded = persist.load_entry(header.path, self.fingerprint, session)
+        if loaded.status == persist.STATUS_OTHER_MODEL:
+            return None
+        if loaded.status != persist.STATUS_OK:
+            logger.warning("dropping unusable KV file for session %r: %s", session,
+                           loaded.status)
+            self._disk.pop(session, None)
+            with contextlib.suppress(OSError):
+                header.path.unlink()
+            return None
+        nbytes = kv_nbytes(loaded.layers)
+        if not self._make_room(nbytes):  # header lied about size: stay within budget
+            return None
+        entry = self._add(loaded.tokens, loaded.layers, nbytes, session)
+        entry.persisted = True
+        self._stats.restores += 1
+        return entry
+
+    def _add(self, tokens: tuple[int, ...], layers: Layers, nbytes: int,
+             session: str | None) -> KVEntry:
+        entry = KVEntry(self._next_id, tokens, layers, nbytes, session, time.time())
+        self._next_id += 1
+        self._entries[entry.id] = entry
+        self._radix.insert(tokens, entry.id)
+        self._lru(entry)[entry.id] = None
+        if session is not None:
+            self._by_session[session] = entry.id
+        self._bytes += nbytes
+        return entry
+
+    def _remove(self, entry: KVEntry) -> None:
+        # A pinned entry may be removed (superseded/deleted): its request holds the
+        # arrays itself, and unpin() on a removed entry is harmless.
+        del self._entries[entry.id]
+        self._radix.remove(entry.id)
+        self._lru(entry).pop(entry.id, None)
+        if entry.session is not None and self._by_session.get(entry.session) == entry.id:
+            del self._by_session[entry.session]
+        self._bytes -= entry.nbytes
+
+    def _lru(self, entry: KVEntry) -> OrderedDict[int, None]:
+        return self._lru_anon if entry.session is None else self._lru_named
+
+    def _touch(self, entry: KVEntry) -> None:
+        entry.last_used = time.time()
+        self._lru(entry).move_to_end(entry.id)
+
+    def _make_room(self, nbytes: int) -> bool:
+        """Evict idle entries until `nbytes` more fits; evict nothing if it cannot."""
+        excess = self._bytes + self._reserved + nbytes - self.budget_bytes
+        if excess <= 0:
+            return True
+        if self._bytes - self.pinned_bytes < excess:
+            return False
+        for lru in (self._lru_anon, self._lru_named):
+            for eid in list(lru):
+                entry = self._entries[eid]
+                if entry.pins > 0:
+                    continue
+                self._evict(entry)
+                excess -= entry.nbytes
+                if excess <= 0:
+                    return True
+        return excess <= 0
+
+    def _evict(self, entry: KVEntry) -> None:
+        self._remove(entry)
+        self._stats.evictions += 1
+        if entry.session is None:
+            return
+        if entry.persisted or self._write(entry):
+            self._stats.spills += 1
+        else:
+            self._remember_evicted(entry.session)
+
+    def _write(self, entry: KVEntry) -> bool:
+        assert entry.session is not None
+        if self._spill_to_disk(entry.session, entry.tokens, entry.layers):
+            entry.persisted = True
+            return True
+        return False
+
+    def _spill_to_disk(self, session: str, tokens: tuple[int, ...], layers: Layers) -> bool:
+        if self.persist_dir is None:
+            return False
+        path = persist.session_path(self.persist_dir, session)
+        try:
+            self._disk[session] = persist.save_entry(
+                path, tokens, layers, session, self.fingerprint
+            )
+        except Exception:  # noqa: BLE001 - a full disk must not take the engine down
+            logger.warning("could not write KV file for session %r", session, exc_info=True)
+            return False
+        return True
+
+    def _remember_evicted(self, session: str) -> None:
+        self._tombstones[session] = None
+        self._tombstones.move_to_end(session)
+        while len(self._tombstones) > MAX_TOMBSTONES:
+            self._tombstones.popitem(last=False)
