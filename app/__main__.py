@@ -18,6 +18,8 @@ def parse_args(argv: list[str] | None = None) -> dict[str, object]:
     p.add_argument("--max-batch", type=int, help="most sequences decoding together")
     p.add_argument("--prefill-chunk", type=int, help="prompt tokens per prefill step when idle")
     p.add_argument("--kv-budget-bytes", type=int, help="byte budget of resident KV caches")
+    p.add_argument("--no-kv-cache", dest="kv_cache", action="store_const", const=False,
+                   help="do not keep KV caches between requests (every prompt cold)")
     p.add_argument("--kv-dir", type=Path, help="directory for persisted session caches")
     p.add_argument("--no-eager-load", dest="eager_load", action="store_const", const=False,
                    help="do not load the default model at start-up")

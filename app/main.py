@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from app.api import chat, models
+from app.api import cache, chat, models
 from app.api.errors import install_error_handlers
 from app.blas import load_openblas
 from app.engine.engine import Engine
@@ -71,4 +71,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(chat.router)
     app.include_router(models.router)
+    app.include_router(cache.router)
     return app

@@ -35,6 +35,8 @@ class Settings(BaseSettings):
     """Seconds between SSE comment keepalives while a stream waits (long prefill)."""
     default_max_tokens: int | None = None
     """max_tokens when a request and models.yaml give none; None = the rest of the context."""
+    kv_cache: bool = True
+    """Keep KV caches resident between requests (prefix reuse, sessions); False = always cold."""
     kv_budget_bytes: int | None = None
     """Byte budget over all resident KV caches; None = derived from available memory."""
     kv_dir: Path | None = None

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from app.engine.engine import Engine
-from app.engine.request import Delta, Failed, Finished, GenerationRequest, SamplingParams
+from app.engine.request import Admitted, Delta, Failed, Finished, GenerationRequest, SamplingParams
 from app.models.registry import ModelSource, ModelSpec, Registry
 from app.settings import Settings
 from tests.tiny_model import build_tiny_llama
@@ -146,6 +146,7 @@ async def test_abort_during_prefill(tiny_dir: Path) -> None:
         stream = eng.submit(req)
         await asyncio.sleep(0.05)
         eng.abort(req.id)
+        assert isinstance(await asyncio.wait_for(stream.get(), 10), Admitted)
         ev = await asyncio.wait_for(stream.get(), 10)
         assert isinstance(ev, Finished) and ev.reason == "abort"
         assert ev.usage.completion_tokens == 0

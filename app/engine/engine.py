@@ -9,6 +9,7 @@ that has work, so all streams of a model decode together.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import queue
 import threading
@@ -20,12 +21,15 @@ from typing import Any, TypeVar
 
 import mlx.core as mx
 
-from app.engine.request import Failed, GenerationRequest
+from app.engine.kv_bridge import AdmissionRefused, KVBridge, measure_kv_bytes_per_token
+from app.engine.request import Admitted, Failed, GenerationRequest
 from app.engine.runner import ChatRunner
 from app.engine.sampling import RowSampler
 from app.engine.scheduler import Scheduler
 from app.engine.sequence import Sequence
 from app.engine.stream import RequestStream
+from app.kv.sizing import default_budget_bytes
+from app.kv.store import KVStore
 from app.models.registry import ModelSpec, Registry, resolve_source
 from app.models.types import LoadedChatModel, TextTokenizer
 from app.settings import Settings
@@ -36,6 +40,7 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 IDLE_WAIT_SECONDS = 0.5  # how long an idle engine blocks on its queue before housekeeping
+RETRY_AFTER_SECONDS = 2  # suggested wait when the KV budget refuses a request
 
 
 @dataclass(slots=True)
@@ -89,6 +94,11 @@ class Engine:
         def shutdown() -> None:
             for runner in self._runners.values():
                 runner.abort_all("server is shutting down")
+                if runner.kv is not None:
+                    written = runner.kv.store.persist_all()
+                    if written:
+                        logger.info("persisted %d session caches of %s", written,
+                                    runner.loaded.fingerprint[:12])
             self._stopping = True
             done.set()
 
@@ -178,12 +188,26 @@ class Engine:
             idle_chunk=self.settings.prefill_chunk,
             busy_chunk_seconds=self.settings.prefill_busy_seconds,
         )
-        self._runners[spec.id] = ChatRunner(loaded, scheduler)
+        kv = self._kv_bridge(spec, loaded) if self.settings.kv_cache else None
+        self._runners[spec.id] = ChatRunner(loaded, scheduler, kv)
         handle = ChatModelHandle(spec, loaded.tokenizer, ctx, loaded.fingerprint, loaded.dtype)
         self._handles[spec.id] = handle
         logger.info("loaded chat model %s (%s, context %d) in %.1fs on %s",
                     spec.id, loaded.dtype, ctx, time.perf_counter() - t0, mx.default_device())
         return handle
+
+    def _kv_bridge(self, spec: ModelSpec, loaded: LoadedChatModel) -> KVBridge:
+        # One budget over all caches of all models; each model has its own store.
+        budget = self.settings.kv_budget_bytes or default_budget_bytes()
+        persist = None
+        if self.settings.kv_dir is not None:
+            safe = hashlib.sha256(spec.id.encode()).hexdigest()[:16]
+            persist = self.settings.kv_dir / safe
+        store = KVStore(budget, loaded.fingerprint, persist)
+        per_token = measure_kv_bytes_per_token(loaded.model)
+        logger.info("KV cache for %s: %d bytes/token, budget %.0f MiB, persist %s",
+                    spec.id, per_token, budget / 2**20, persist)
+        return KVBridge(store, per_token)
 
     def _admit(self, req: GenerationRequest, stream: RequestStream) -> None:
         runner = self._runners.get(req.model_id)
@@ -209,12 +233,41 @@ class Engine:
             detok=IncrementalDetokenizer(tok.decode), stops=StopMatcher(req.stop),
             eos_ids=set(tok.eos_token_ids), context_length=runner.loaded.context_length,
         )
+        if runner.kv is not None:
+            runner.settle()
+            try:
+                runner.kv.admit(seq)
+            except AdmissionRefused as exc:
+                stream.put_threadsafe(Failed(str(exc), code="kv_budget_exhausted", status=503,
+                                             retry_after=RETRY_AFTER_SECONDS))
+                return
+        stream.put_threadsafe(Admitted(seq.cached_tokens, seq.cache_info))
         runner.add(seq)
 
     def _abort(self, request_id: int) -> None:
         for runner in self._runners.values():
             if runner.abort(request_id):
                 return
+
+    # -- KV session admin (engine thread; reach them through call()) ----------------
+    def cache_sessions(self) -> list[dict[str, Any]]:
+        out = []
+        for mid, runner in self._runners.items():
+            if runner.kv is None:
+                continue
+            for info in runner.kv.store.sessions():
+                out.append({"model": mid, "session": info.key, "tokens": info.tokens,
+                            "bytes": info.bytes, "resident": info.resident,
+                            "on_disk": info.on_disk, "last_used": info.last_used})
+        return out
+
+    def delete_cache_session(self, key: str) -> bool:
+        return any([r.kv.store.delete_session(key) for r in self._runners.values() if r.kv])
+
+    def cache_stats(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        return {mid: asdict(r.kv.store.stats) for mid, r in self._runners.items() if r.kv}
 
     # -- introspection (engine thread) -------------------------------------------
     def stats(self) -> dict[str, Any]:

@@ -89,11 +89,20 @@ class Finished:
 
 
 @dataclass(slots=True)
+class Admitted:
+    """The engine accepted the request (KV budget reserved, cache looked up)."""
+
+    cached_tokens: int = 0
+    cache_info: str | None = None
+
+
+@dataclass(slots=True)
 class Failed:
     message: str
     type: str = "server_error"
     code: str | None = None
     status: int = 500
+    retry_after: int | None = None
 
 
-Event = Delta | Finished | Failed
+Event = Admitted | Delta | Finished | Failed

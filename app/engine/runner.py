@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from typing import Any
 
 import mlx.core as mx
 from mlx_lm.models.cache import make_prompt_cache
 
+from app.engine.kv_bridge import KVBridge
 from app.engine.request import Failed
 from app.engine.sampling import sample
 from app.engine.scheduler import Scheduler
@@ -23,18 +23,14 @@ from app.models.types import LoadedChatModel
 
 logger = logging.getLogger(__name__)
 
-# Called with (sequence, per-layer KVCache list or None) when a sequence leaves the
-# engine, so its KV can be kept for reuse (the resident cache store).
-ReleaseHook = Callable[[Sequence, list[Any] | None], None]
-
 
 class ChatRunner:
     def __init__(self, loaded: LoadedChatModel, scheduler: Scheduler,
-                 on_release: ReleaseHook | None = None) -> None:
+                 kv: KVBridge | None = None) -> None:
         self.loaded = loaded
         self.model = loaded.model
         self.scheduler = scheduler
-        self.on_release = on_release
+        self.kv = kv
         self.batch_cache: list[Any] | None = None
         self._piece_cache: dict[int, str] = {}
 
@@ -78,9 +74,21 @@ class ChatRunner:
                 logger.exception("decode step failed; failing %d sequences", len(self.running))
                 self._fail(list(self.running), exc, in_batch=True)
 
+    def settle(self) -> None:
+        """Run the pending decode step now if finished rows wait in it to complete their KV,
+        so a follow-up request admitted next finds the whole previous turn in the store."""
+        if any(s.finished for s in self.running):
+            try:
+                self._decode()
+            except Exception as exc:
+                logger.exception("decode step failed; failing %d sequences", len(self.running))
+                self._fail(list(self.running), exc, in_batch=True)
+
     def _prefill_chunk(self, seq: Sequence, n: int) -> None:
         if seq.cache is None:
             seq.cache = make_prompt_cache(self.model)
+            if self.kv is not None:
+                self.kv.seed(seq, seq.cache)
         start = seq.prefilled
         chunk = seq.prompt[start : start + n]
         t0 = time.perf_counter()
@@ -116,9 +124,17 @@ class ChatRunner:
         inputs = mx.array([[s.last_token] for s in rows])
         logits = self.model(inputs, cache=self.batch_cache)[:, -1, :]
         res = sample(logits, [s.sampler for s in rows], [s.generated for s in rows])
+        done = []
         for i, seq in enumerate(rows):
+            if seq.finished:
+                # Finished last step and kept one more step only to feed its final token,
+                # so the stored KV covers prompt + whole completion (the next turn's prefix).
+                done.append(seq)
+                continue
             seq.accept(res.tokens[i], self.piece, res.logprobs[i], res.top[i])
-        self._drop_rows([s for s in rows if s.finished])
+            if seq.finished and self.kv is None:
+                done.append(seq)
+        self._drop_rows(done)
 
     # -- leaving the batch --------------------------------------------------
     def _reap_aborted(self) -> None:
@@ -143,7 +159,7 @@ class ChatRunner:
         for seq in done:
             idx = rows.index(seq)
             extracted = None
-            if self.on_release is not None and self.batch_cache is not None:
+            if self.kv is not None and self.batch_cache is not None:
                 extracted = [c.extract(idx) for c in self.batch_cache]
             self._release(seq, extracted)
         keep = [i for i, s in enumerate(rows) if s not in done]
@@ -156,10 +172,11 @@ class ChatRunner:
                 c.filter(keep)
 
     def _release(self, seq: Sequence, cache: list[Any] | None) -> None:
-        if self.on_release is None:
+        """Hand a leaving sequence's KV to the store (kept for reuse) and free its budget."""
+        if self.kv is None:
             return
         try:
-            self.on_release(seq, cache)
+            self.kv.release(seq, cache)
         except Exception:  # losing a cache entry is fine; losing the engine is not
             logger.exception("release hook failed for request %s", seq.req.id)
 
@@ -169,6 +186,7 @@ class ChatRunner:
             seq.stream.put_threadsafe(Failed(f"generation failed: {exc}"))
             self.scheduler.remove(seq)
             seq.cache = None
+            self._release(seq, None)
         if in_batch:
             self.batch_cache = None  # its rows no longer match the running list
 
@@ -184,6 +202,7 @@ class ChatRunner:
         for seq in self._all():
             seq.finished = True
             seq.stream.put_threadsafe(Failed(message, code="shutdown", status=503))
+            self._release(seq, None)
         self.scheduler.waiting.clear()
         self.scheduler.running.clear()
         self.batch_cache = None

@@ -25,6 +25,10 @@ class Sequence:
     """Prompt tokens whose KV is computed (cached or prefilled)."""
     cached_tokens: int = 0
     cache_info: str | None = None
+    cache_entry: Any = None
+    """A pinned KV store entry whose prefix seeds the first prefill chunk."""
+    reserved_bytes: int = 0
+    """KV bytes reserved in the store's budget for this request."""
     cache: list[Any] | None = None
     """Per-layer KV cache while prefilling; None once merged into the batch."""
     generated: list[int] = field(default_factory=list)

@@ -21,7 +21,7 @@ from app.api.schemas import ChatCompletionRequest
 from app.api.sse import SSE_DONE, sse_comment, sse_data
 from app.engine.engine import ChatModelHandle, Engine
 from app.engine.request import (
-    Delta, Failed, Finished, GenerationRequest, SamplingParams, TokenLogprob, Usage,
+    Admitted, Delta, Failed, Finished, GenerationRequest, SamplingParams, TokenLogprob, Usage,
 )
 from app.engine.stream import RequestStream
 from app.models.registry import Registry
@@ -40,6 +40,8 @@ class PreparedChat:
     requests: list[GenerationRequest]
     id: str
     created: int
+    cache_info: str | None = None
+    """How the prompt met the resident KV cache (for the response header)."""
 
     @property
     def model_name(self) -> str:
@@ -113,23 +115,37 @@ class ChatService:
         )
 
     # -- running ----------------------------------------------------------------
-    def _submit(self, prep: PreparedChat) -> list[RequestStream]:
-        return [self.engine.submit(r) for r in prep.requests]
+    async def start(self, prep: PreparedChat) -> list[RequestStream]:
+        """Submit and wait for admission, so a refusal is a plain HTTP error (before 200)."""
+        streams = [self.engine.submit(r) for r in prep.requests]
+        try:
+            for stream in streams:
+                event = await stream.get()
+                if isinstance(event, Failed):
+                    headers = {"Retry-After": str(event.retry_after)} if event.retry_after \
+                        else None
+                    raise APIError(event.status, event.message, type=event.type,
+                                   code=event.code, headers=headers)
+                assert isinstance(event, Admitted)
+                if prep.cache_info is None:
+                    prep.cache_info = event.cache_info
+        except BaseException:
+            self._abort_unfinished(prep, streams)
+            raise
+        return streams
 
     def _abort_unfinished(self, prep: PreparedChat, streams: list[RequestStream]) -> None:
         for req, stream in zip(prep.requests, streams):
             if not stream.closed:
                 self.engine.abort(req.id)
 
-    async def complete(self, prep: PreparedChat) -> dict[str, Any]:
-        streams = self._submit(prep)
+    async def complete(self, prep: PreparedChat, streams: list[RequestStream]) -> dict[str, Any]:
         try:
             results = await asyncio.gather(*(_collect(s) for s in streams))
         finally:  # a cancelled (disconnected) request stops generating
             self._abort_unfinished(prep, streams)
         choices = []
         usage = Usage(0, 0)
-        cache_info = None
         for i, (text, lps, fin) in enumerate(results):
             choices.append({"index": i, "message": {"role": "assistant", "content": text},
                             "logprobs": _logprobs_json(lps) if prep.body.logprobs else None,
@@ -137,13 +153,12 @@ class ChatService:
             usage.prompt_tokens = fin.usage.prompt_tokens
             usage.cached_tokens = max(usage.cached_tokens, fin.usage.cached_tokens)
             usage.completion_tokens += fin.usage.completion_tokens
-            cache_info = cache_info or fin.cache_info
         return {"id": prep.id, "object": "chat.completion", "created": prep.created,
                 "model": prep.model_name, "system_fingerprint": _fp(prep),
                 "choices": choices, "usage": usage_json(usage)}
 
-    async def stream(self, prep: PreparedChat) -> AsyncIterator[bytes]:
-        streams = self._submit(prep)
+    async def stream(self, prep: PreparedChat, streams: list[RequestStream]
+                     ) -> AsyncIterator[bytes]:
         merged: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
         pumps = [asyncio.create_task(_pump(i, s, merged, self.settings.keepalive_seconds))
                  for i, s in enumerate(streams)]

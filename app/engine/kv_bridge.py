@@ -1,0 +1,93 @@
+"""Connects running sequences to the resident KV store (engine thread only).
+
+Admission reserves KV bytes for prompt + max_tokens and looks up the longest cached
+prefix; the first prefill chunk starts from that prefix; when a sequence leaves
+(finished, cut by length or aborted) its KV goes back into the store.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import mlx.core as mx
+from mlx_lm.models.cache import make_prompt_cache
+
+from app.engine.sequence import Sequence
+from app.kv.store import KVStore, Lookup, prefix_layers, snapshot_layers
+
+logger = logging.getLogger(__name__)
+
+
+def measure_kv_bytes_per_token(model: Any) -> int:
+    """KV bytes one token adds, measured with a 1-token forward (works for any mlx-lm model)."""
+    cache = make_prompt_cache(model)
+    model(mx.array([[0]]), cache=cache)
+    total = 0
+    for c in cache:
+        keys, values = getattr(c, "keys", None), getattr(c, "values", None)
+        if keys is not None and values is not None:
+            total += keys[..., :1, :].nbytes + values[..., :1, :].nbytes
+    return total
+
+
+class AdmissionRefused(Exception):
+    """The KV budget cannot hold this request now (503 + Retry-After)."""
+
+
+class KVBridge:
+    def __init__(self, store: KVStore, bytes_per_token: int) -> None:
+        self.store = store
+        self.bytes_per_token = bytes_per_token
+
+    def admit(self, seq: Sequence) -> None:
+        need = self.bytes_per_token * (len(seq.prompt) + seq.req.max_tokens)
+        if not self.store.reserve(need):
+            raise AdmissionRefused(
+                f"KV cache budget exhausted: this request needs {need / 2**20:.1f} MiB, "
+                f"budget {self.store.budget_bytes / 2**20:.1f} MiB "
+                f"({self.store.reserved_bytes / 2**20:.1f} MiB held by running requests)")
+        seq.reserved_bytes = need
+        lk = self.store.lookup(seq.prompt, seq.req.session)
+        # At least one prompt token must be computed to get next-token logits.
+        n = min(lk.matched, len(seq.prompt) - 1)
+        if lk.entry is not None and n > 0:
+            self.store.pin(lk.entry)
+            seq.cache_entry, seq.cached_tokens = lk.entry, n
+        seq.cache_info = describe(lk, n)
+
+    def seed(self, seq: Sequence, cache: list[Any]) -> None:
+        """Start a fresh per-layer cache from the looked-up prefix."""
+        entry = seq.cache_entry
+        if entry is None:
+            return
+        n = seq.cached_tokens
+        for c, (k, v) in zip(cache, prefix_layers(entry, n)):
+            c.state = (k, v, n)
+        seq.prefilled = n
+        self.store.unpin(entry)
+        seq.cache_entry = None
+
+    def release(self, seq: Sequence, cache: list[Any] | None) -> None:
+        if seq.cache_entry is not None:
+            self.store.unpin(seq.cache_entry)
+            seq.cache_entry = None
+        if seq.reserved_bytes:
+            self.store.release(seq.reserved_bytes)
+            seq.reserved_bytes = 0
+        if not cache:
+            return
+        length = int(cache[0].offset) if not hasattr(cache[0].offset, "item") else \
+            int(cache[0].offset.item())
+        if length <= 0:
+            return
+        tokens = (seq.prompt + seq.generated)[:length]
+        layers = snapshot_layers([(c.keys, c.values) for c in cache], length)
+        self.store.put(tokens, layers, seq.req.session)
+
+
+def describe(lk: Lookup, used: int) -> str:
+    """Header text: how much was reused and, on a miss or partial match, why."""
+    if used > 0 and lk.reason == "hit":
+        return f"hit; reused={used}"
+    return f"miss; reason={lk.reason}; reused={used}"
