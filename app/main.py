@@ -27,7 +27,8 @@ def describe_runtime() -> str:
     device = mx.default_device()
     dtype = "float32 (CPU: half-precision matmuls are slow here)" if device == mx.cpu \
         else "model dtype (GPU)"
-    return f"mlx {mx.__version__}, device {device}, BLAS {blas.name}" + \
+    version = getattr(mx, "__version__", "?")
+    return f"mlx {version}, device {device}, BLAS {blas.name}" + \
         (f" ({blas.path})" if blas.path else "") + f", compute dtype {dtype}"
 
 

@@ -46,7 +46,8 @@ def test_stream_equals_non_stream_and_usage_chunk(client: openai.OpenAI) -> None
     assert chunks[0].choices[0].delta.role == "assistant"
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == full.choices[0].message.content
-    finish = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    finish = [c.choices[0].finish_reason for c in chunks
+              if c.choices and c.choices[0].finish_reason]
     assert finish == [full.choices[0].finish_reason]
     last = chunks[-1]
     assert last.choices == [] and last.usage is not None

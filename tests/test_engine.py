@@ -168,7 +168,8 @@ async def test_bad_request_fails_alone_and_engine_survives(engine: Engine) -> No
 
 async def test_stop_string_ends_generation(engine: Engine) -> None:
     ids = prompt_ids(engine, "Hello")
-    base = await collect(engine, GenerationRequest(MODEL_ID, ids, 20, no_eos(engine, temperature=0)))
+    base = await collect(engine, GenerationRequest(MODEL_ID, ids, 20,
+                                                   no_eos(engine, temperature=0)))
     assert len(base.text) > 4
     stop = base.text[2:4]
     res = await collect(engine, GenerationRequest(MODEL_ID, ids, 20,

@@ -33,6 +33,7 @@ async def test_greedy_identical_with_and_without_cache_hit(engine: Engine) -> No
 
 async def test_multi_turn_reuses_prompt_and_completion(engine: Engine) -> None:
     history = prompt_ids(engine, "Hello, world! How are you today?")
+    prev_total = 0
     for turn in range(4):
         res = await collect(engine, GenerationRequest(
             MODEL_ID, history, 8, no_eos(engine, temperature=0.0), session="conv-1"))

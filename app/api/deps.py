@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable
 from typing import TypeVar
 
@@ -32,10 +33,8 @@ async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
         if task in done:
             return task.result()
         task.cancel()
-        try:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
             await task
-        except (asyncio.CancelledError, Exception):
-            pass
         raise APIError(CLIENT_CLOSED, "client disconnected")
     finally:
         watcher.cancel()

@@ -11,7 +11,8 @@ SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 def sse_data(payload: dict[str, Any]) -> bytes:
     """One `data:` event; JSON has no raw newlines, so one line suffices."""
-    return b"data: " + json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
+    body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+    return b"data: " + body + b"\n\n"
 
 
 def sse_comment(text: str = "keepalive") -> bytes:

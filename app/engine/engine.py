@@ -163,7 +163,8 @@ class Engine:
 
     def _drain(self, block: bool) -> None:
         try:
-            cmd = self._commands.get(timeout=IDLE_WAIT_SECONDS) if block else self._commands.get_nowait()
+            cmd = (self._commands.get(timeout=IDLE_WAIT_SECONDS) if block
+                   else self._commands.get_nowait())
         except queue.Empty:
             return
         while True:

@@ -48,6 +48,9 @@ class ChatRunner:
     def _all(self) -> list[Sequence]:
         return [*self.scheduler.waiting, *self.scheduler.running]  # type: ignore[list-item]
 
+    def _waiting(self) -> list[Sequence]:
+        return self.scheduler.waiting  # type: ignore[return-value]
+
     @property
     def has_work(self) -> bool:
         return self.scheduler.has_work
@@ -141,7 +144,7 @@ class ChatRunner:
         for seq in [s for s in self._all() if s.aborted]:
             logger.info("request %d aborted after %d/%d prompt tokens, %d generated",
                         seq.req.id, seq.prefilled, len(seq.prompt), len(seq.generated))
-        for seq in [s for s in self.scheduler.waiting if s.aborted]:  # type: ignore[attr-defined]
+        for seq in [s for s in self._waiting() if s.aborted]:
             self.scheduler.remove(seq)
             seq.finish("abort")
             # Keep what was prefilled: a retry of the same prompt resumes from it.

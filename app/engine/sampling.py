@@ -68,10 +68,13 @@ class RowSampler:
 
     @classmethod
     def create(cls, params: SamplingParams, prompt: Sequence[int]) -> RowSampler:
-        procs = [p for p in (penalty_processor(params, prompt), bias_processor(params.logit_bias)) if p]
+        procs = [p for p in (penalty_processor(params, prompt),
+                             bias_processor(params.logit_bias)) if p]
         key = None
         if not params.greedy:
-            seed = params.seed if params.seed is not None else int.from_bytes(os.urandom(4), "little")
+            seed = params.seed
+            if seed is None:
+                seed = int.from_bytes(os.urandom(4), "little")
             key = mx.random.key(seed)
         return cls(params, procs, key)
 
@@ -149,7 +152,7 @@ def sample(
         for i, row in enumerate(rows):
             if not row.params.logprobs:
                 continue
-            lps[i] = float(chosen_list[i])  # type: ignore[index]
+            lps[i] = float(chosen_list[i])  # type: ignore[index,arg-type]
             k = row.params.top_logprobs
             if k > 0:
                 idx = mx.argsort(-logprobs_arr[i])[:k]

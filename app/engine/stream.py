@@ -8,6 +8,7 @@ the final event however far the consumer falls behind.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import deque
 from collections.abc import AsyncIterator
 
@@ -23,10 +24,9 @@ class RequestStream:
 
     # -- engine thread side -------------------------------------------------
     def put_threadsafe(self, event: Event) -> None:
-        try:
+        # RuntimeError: the loop is gone (shutdown), nobody is listening any more.
+        with contextlib.suppress(RuntimeError):
             self._loop.call_soon_threadsafe(self._put, event)
-        except RuntimeError:
-            pass  # the loop is gone (shutdown): nobody is listening any more
 
     # -- event loop side ----------------------------------------------------
     def _put(self, event: Event) -> None:

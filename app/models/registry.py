@@ -31,8 +31,9 @@ class ModelSource:
     hf: str | None = None
 
     def describe(self) -> str:
-        return f"package:{self.package}" if self.package else (
-            f"path:{self.path}" if self.path else f"hf:{self.hf}")
+        if self.package:
+            return f"package:{self.package}"
+        return f"path:{self.path}" if self.path else f"hf:{self.hf}"
 
 
 @dataclass(slots=True)
@@ -64,7 +65,8 @@ def resolve_source(spec: ModelSpec, *, offline: bool = False) -> Path:
     if src.package:
         path = _package_path(src.package)
         if path is None or not path.exists():
-            raise SourceUnavailable(f"model {spec.id!r}: package file {src.package!r} not installed")
+            raise SourceUnavailable(
+                f"model {spec.id!r}: package file {src.package!r} not installed")
         return path
     if src.path:
         path = Path(src.path).expanduser()
