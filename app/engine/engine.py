@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 import mlx.core as mx
 
+from app.engine.asr import AsrQueue, AsrTask
 from app.engine.kv_bridge import AdmissionRefused, KVBridge, measure_kv_bytes_per_token
 from app.engine.request import Admitted, Failed, GenerationRequest
 from app.engine.runner import ChatRunner
@@ -54,6 +55,15 @@ class ChatModelHandle:
     dtype: str
 
 
+@dataclass(slots=True)
+class TranscriptionModelHandle:
+    """A loaded Whisper model, passed back to the engine to build jobs (opaque outside)."""
+
+    spec: ModelSpec
+    bundle: Any
+    is_multilingual: bool
+
+
 class EngineStopped(RuntimeError):
     pass
 
@@ -78,6 +88,8 @@ class Engine:
         self._stopping = False
         self._runners: dict[str, ChatRunner] = {}
         self._handles: dict[str, ChatModelHandle] = {}
+        self._asr_models: dict[str, TranscriptionModelHandle] = {}
+        self._asr = AsrQueue()
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- lifecycle ------------------------------------------------------------
@@ -92,6 +104,7 @@ class Engine:
         done = threading.Event()
 
         def shutdown() -> None:
+            self._asr.abort_all("server is shutting down")
             for runner in self._runners.values():
                 runner.abort_all("server is shutting down")
                 if runner.kv is not None:
@@ -144,6 +157,25 @@ class Engine:
     def abort(self, request_id: int) -> None:
         self._commands.put(lambda: self._abort(request_id))
 
+    def loaded_transcription(self, model_id: str) -> TranscriptionModelHandle | None:
+        return self._asr_models.get(model_id)
+
+    async def transcription_model(self, spec: ModelSpec) -> TranscriptionModelHandle:
+        handle = self._asr_models.get(spec.id)
+        if handle is None:
+            handle = await self.call(lambda: self._ensure_asr(spec))
+        return handle
+
+    def submit_transcription(self, job: Any) -> tuple[int, RequestStream]:
+        """Queue a prepared TranscriptionJob; segments and the result arrive on the stream."""
+        assert self._loop is not None
+        task = AsrTask(job, RequestStream(self._loop))
+        self._commands.put(lambda: self._asr.add(task))
+        return task.id, task.stream
+
+    def abort_transcription(self, task_id: int) -> None:
+        self._commands.put(lambda: self._asr.abort(task_id))
+
     # -- engine thread ----------------------------------------------------------
     def _run(self) -> None:
         logger.info("engine thread started on %s", mx.default_device())
@@ -153,13 +185,15 @@ class Engine:
                 for runner in list(self._runners.values()):
                     if runner.has_work:
                         runner.step()
+                if self._asr.has_work:
+                    self._asr.step()
             except Exception:  # the engine thread must survive anything one step does
                 logger.exception("engine step failed")
                 time.sleep(0.01)
         logger.info("engine thread stopped")
 
     def _has_work(self) -> bool:
-        return any(r.has_work for r in self._runners.values())
+        return self._asr.has_work or any(r.has_work for r in self._runners.values())
 
     def _drain(self, block: bool) -> None:
         try:
@@ -182,6 +216,14 @@ class Engine:
             return self._handles[spec.id]
         t0 = time.perf_counter()
         loaded = load_chat_model(spec, self.settings)
+        handle = self.add_chat_model(spec, loaded)
+        logger.info("loaded chat model %s (%s, context %d) in %.1fs on %s",
+                    spec.id, loaded.dtype, handle.context_length, time.perf_counter() - t0,
+                    mx.default_device())
+        return handle
+
+    def add_chat_model(self, spec: ModelSpec, loaded: LoadedChatModel) -> ChatModelHandle:
+        """Serve an already-loaded model (engine thread; benchmarks build models in memory)."""
         ctx = min(spec.context_length or loaded.context_length, loaded.context_length)
         loaded.context_length = ctx
         scheduler = Scheduler(
@@ -193,8 +235,19 @@ class Engine:
         self._runners[spec.id] = ChatRunner(loaded, scheduler, kv)
         handle = ChatModelHandle(spec, loaded.tokenizer, ctx, loaded.fingerprint, loaded.dtype)
         self._handles[spec.id] = handle
-        logger.info("loaded chat model %s (%s, context %d) in %.1fs on %s",
-                    spec.id, loaded.dtype, ctx, time.perf_counter() - t0, mx.default_device())
+        return handle
+
+    def _ensure_asr(self, spec: ModelSpec) -> TranscriptionModelHandle:
+        if spec.id in self._asr_models:
+            return self._asr_models[spec.id]
+        from app.models.whisper import load_whisper
+
+        t0 = time.perf_counter()
+        bundle = load_whisper(resolve_source(spec, offline=self.settings.hf_offline))
+        handle = TranscriptionModelHandle(spec, bundle, bool(bundle.is_multilingual))
+        self._asr_models[spec.id] = handle
+        logger.info("loaded transcription model %s (%s, %s) in %.1fs", spec.id, bundle.format,
+                    bundle.dtype, time.perf_counter() - t0)
         return handle
 
     def _kv_bridge(self, spec: ModelSpec, loaded: LoadedChatModel) -> KVBridge:

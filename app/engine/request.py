@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 FinishReason = Literal["stop", "length", "abort", "error"]
 
@@ -105,4 +105,18 @@ class Failed:
     retry_after: int | None = None
 
 
-Event = Admitted | Delta | Finished | Failed
+@dataclass(slots=True)
+class TranscriptSegments:
+    """Segments completed by one transcription window."""
+
+    segments: list[Any]
+
+
+@dataclass(slots=True)
+class TranscriptDone:
+    result: Any
+    """app.models.whisper.TranscriptionResult"""
+
+
+Event = Admitted | Delta | Finished | Failed | TranscriptSegments | TranscriptDone
+FINAL_EVENTS = (Finished, Failed, TranscriptDone)

@@ -12,7 +12,7 @@ import contextlib
 from collections import deque
 from collections.abc import AsyncIterator
 
-from app.engine.request import Delta, Event, Failed, Finished
+from app.engine.request import FINAL_EVENTS, Delta, Event
 
 
 class RequestStream:
@@ -37,7 +37,7 @@ class RequestStream:
             last.merge(event)
         else:
             self._events.append(event)
-        if isinstance(event, (Finished, Failed)):
+        if isinstance(event, FINAL_EVENTS):
             self.closed = True
         self._ready.set()
 
@@ -56,5 +56,5 @@ class RequestStream:
             event = await self.get()
             assert event is not None
             yield event
-            if isinstance(event, (Finished, Failed)):
+            if isinstance(event, FINAL_EVENTS):
                 return

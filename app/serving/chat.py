@@ -21,7 +21,14 @@ from app.api.schemas import ChatCompletionRequest
 from app.api.sse import SSE_DONE, sse_comment, sse_data
 from app.engine.engine import ChatModelHandle, Engine
 from app.engine.request import (
-    Admitted, Delta, Failed, Finished, GenerationRequest, SamplingParams, TokenLogprob, Usage,
+    Admitted,
+    Delta,
+    Failed,
+    Finished,
+    GenerationRequest,
+    SamplingParams,
+    TokenLogprob,
+    Usage,
 )
 from app.engine.stream import RequestStream
 from app.models.registry import Registry
