@@ -103,3 +103,5 @@ def render_chat_template(
         return compiled.render(**context)
     except jinja2.TemplateError as exc:
         raise ChatTemplateError(str(exc)) from exc
+    except Exception as exc:  # untrusted template code: e.g. `'x' + None` is a TypeError
+        raise ChatTemplateError(f"chat template failed: {type(exc).__name__}: {exc}") from exc

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, processors
@@ -353,19 +354,19 @@ class HFTokenizer:
     """`TextTokenizer` over mlx-lm's `TokenizerWrapper` (a transformers tokenizer)."""
 
     wrapper: Any
-    """mlx_lm.tokenizer_utils.TokenizerWrapper."""
+    """mlx_lm.tokenizer_utils.TokenizerWrapper; other attributes reach the HF tokenizer."""
     _eos_ids: set[int] = field(init=False)
 
     def __post_init__(self) -> None:
-        inner = self.wrapper._tokenizer
-        special = set(inner.all_special_ids)
+        special = set(self.wrapper.all_special_ids)
         eos = set(self.wrapper.eos_token_ids)
-        self._eos_ids = end_of_turn_ids(eos, inner.get_vocab(), special)
+        self._eos_ids = end_of_turn_ids(eos, self.wrapper.get_vocab(), special)
 
     @classmethod
-    def from_path(cls, path: str, eos_token_ids: list[int] | int | None = None) -> HFTokenizer:
-        from pathlib import Path
-
+    def from_path(
+        cls, path: str | Path, eos_token_ids: list[int] | int | None = None
+    ) -> HFTokenizer:
+        """Load the tokenizer of a HF folder; `eos_token_ids` as in config.json."""
         from mlx_lm.tokenizer_utils import load as load_tokenizer
 
         return cls(load_tokenizer(Path(path), eos_token_ids=eos_token_ids))
@@ -376,28 +377,28 @@ class HFTokenizer:
 
     @property
     def bos_token_id(self) -> int | None:
-        bos = self.wrapper._tokenizer.bos_token_id
+        bos = self.wrapper.bos_token_id
         return None if bos is None else int(bos)
 
     @property
     def vocab_size(self) -> int:
-        return len(self.wrapper._tokenizer)
+        """Tokens the tokenizer knows (the model's embedding may have padding rows beyond)."""
+        return len(self.wrapper)
 
     @property
     def chat_template(self) -> str | None:
-        template = self.wrapper._tokenizer.chat_template
+        template = self.wrapper.chat_template
         return template if isinstance(template, str) else None
 
     def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
-        return list(self.wrapper._tokenizer.encode(text, add_special_tokens=add_special_tokens))
+        return list(self.wrapper.encode(text, add_special_tokens=add_special_tokens))
 
     def decode(self, ids: list[int]) -> str:
-        return str(self.wrapper._tokenizer.decode(ids, skip_special_tokens=True))
+        return str(self.wrapper.decode(ids, skip_special_tokens=True))
 
     def apply_chat_template(
         self, messages: list[dict[str, Any]], add_generation_prompt: bool = True
     ) -> str:
-        inner = self.wrapper._tokenizer
         template = self.chat_template
         if template is None and self.wrapper.has_chat_template:
             # A Python renderer from mlx-lm (chat_template_type) or a named template dict.
@@ -410,6 +411,6 @@ class HFTokenizer:
             template,
             messages,
             add_generation_prompt=add_generation_prompt,
-            bos_token=inner.bos_token,
-            eos_token=inner.eos_token,
+            bos_token=self.wrapper.bos_token,
+            eos_token=self.wrapper.eos_token,
         )
