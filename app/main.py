@@ -9,12 +9,13 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from app.api import cache, chat, models
+from app.api import audio, cache, chat, models
 from app.api.errors import install_error_handlers
 from app.blas import load_openblas
 from app.engine.engine import Engine
 from app.models.registry import Registry
 from app.serving.chat import ChatService
+from app.serving.transcribe import TranscriptionService
 from app.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -57,6 +58,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         engine.start(asyncio.get_running_loop())
         app.state.engine = engine
         app.state.chat = ChatService(engine, registry, settings)
+        app.state.transcribe = TranscriptionService(engine, registry, settings)
         app.state.load_error = None
         loader = asyncio.create_task(_eager_load(app)) if settings.eager_load else None
         try:
@@ -73,4 +75,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(chat.router)
     app.include_router(models.router)
     app.include_router(cache.router)
+    app.include_router(audio.router)
     return app

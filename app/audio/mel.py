@@ -1,0 +1,109 @@
+"""Whisper's log-mel frontend in numpy: 25 ms Hann frames every 10 ms, Slaney mel bins.
+
+The filterbank is computed here (no librosa): Slaney's mel scale (linear below 1 kHz,
+logarithmic above) with area-normalised triangles, which is what Whisper was trained on.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16_000
+N_FFT = 400  # 25 ms window
+HOP_LENGTH = 160  # 10 ms hop -> 100 frames per second
+CHUNK_SECONDS = 30
+N_SAMPLES = CHUNK_SECONDS * SAMPLE_RATE  # one Whisper window
+N_FRAMES = N_SAMPLES // HOP_LENGTH  # 3000 mel frames per window
+LOG_FLOOR = 1e-10
+DYNAMIC_RANGE = 8.0  # log10 units kept below the loudest bin (80 dB)
+# Frames computed per FFT batch: bounds the complex128 scratch to ~20 MB for any length.
+FRAMES_PER_BATCH = 6_000
+
+# Slaney mel scale constants: linear up to 1 kHz, then log-spaced at 27 steps per 6.4x.
+_SLANEY_HZ_PER_MEL = 200.0 / 3
+_SLANEY_BREAK_HZ = 1000.0
+_SLANEY_BREAK_MEL = _SLANEY_BREAK_HZ / _SLANEY_HZ_PER_MEL
+_SLANEY_LOG_STEP = np.log(6.4) / 27.0
+
+
+def hz_to_mel(hz: np.ndarray) -> np.ndarray:
+    hz = np.asarray(hz, dtype=np.float64)
+    linear = hz / _SLANEY_HZ_PER_MEL
+    log = _SLANEY_BREAK_MEL + np.log(np.maximum(hz, 1e-12) / _SLANEY_BREAK_HZ) / _SLANEY_LOG_STEP
+    return np.where(hz >= _SLANEY_BREAK_HZ, log, linear)
+
+
+def mel_to_hz(mel: np.ndarray) -> np.ndarray:
+    mel = np.asarray(mel, dtype=np.float64)
+    linear = mel * _SLANEY_HZ_PER_MEL
+    log = _SLANEY_BREAK_HZ * np.exp(_SLANEY_LOG_STEP * (mel - _SLANEY_BREAK_MEL))
+    return np.where(mel >= _SLANEY_BREAK_MEL, log, linear)
+
+
+@functools.lru_cache(maxsize=4)
+def mel_filters(n_mels: int, sample_rate: int = SAMPLE_RATE, n_fft: int = N_FFT) -> np.ndarray:
+    """Triangular filters [n_mels, n_fft // 2 + 1], each normalised to unit area (Slaney)."""
+    fft_hz = np.linspace(0.0, sample_rate / 2, n_fft // 2 + 1)
+    edges_hz = mel_to_hz(np.linspace(hz_to_mel(0.0), hz_to_mel(sample_rate / 2), n_mels + 2))
+    widths = np.diff(edges_hz)
+    # distance of every FFT bin from every triangle edge
+    offsets = edges_hz[:, None] - fft_hz[None, :]
+    rising = -offsets[:-2] / widths[:-1, None]
+    falling = offsets[2:] / widths[1:, None]
+    weights = np.maximum(0.0, np.minimum(rising, falling))
+    weights *= (2.0 / (edges_hz[2:] - edges_hz[:-2]))[:, None]
+    weights = weights.astype(np.float32)
+    weights.setflags(write=False)
+    return weights
+
+
+@functools.lru_cache(maxsize=1)
+def _hann_window() -> np.ndarray:
+    # periodic Hann (as torch.hann_window), not the symmetric numpy.hanning
+    n = np.arange(N_FFT)
+    return (0.5 - 0.5 * np.cos(2 * np.pi * n / N_FFT)).astype(np.float32)
+
+
+def power_spectrogram(audio: np.ndarray) -> np.ndarray:
+    """|STFT|² [n_fft//2+1, frames] with centred, reflect-padded frames (one per hop)."""
+    padded = np.pad(audio.astype(np.float32, copy=False), N_FFT // 2, mode="reflect")
+    # the last centred frame is dropped, as Whisper's frontend does: len // hop frames
+    n_frames = 1 + (padded.size - N_FFT) // HOP_LENGTH - 1
+    frames = np.lib.stride_tricks.sliding_window_view(padded, N_FFT)[::HOP_LENGTH][:n_frames]
+    window = _hann_window()
+    out = np.empty((N_FFT // 2 + 1, n_frames), dtype=np.float32)
+    for start in range(0, n_frames, FRAMES_PER_BATCH):
+        spec = np.fft.rfft(frames[start : start + FRAMES_PER_BATCH] * window, axis=-1)
+        out[:, start : start + FRAMES_PER_BATCH] = (spec.real**2 + spec.imag**2).T
+    return out
+
+
+def log_mel_spectrogram(audio: np.ndarray, n_mels: int = 80, padding: int = 0) -> np.ndarray:
+    """Whisper's normalised log-mel [n_mels, frames] of float32 16 kHz mono `audio`.
+
+    `padding` zero samples are appended first; Whisper appends a full window (N_SAMPLES)
+    so the last window of a clip sees real silence features, not edge padding.
+    """
+    if audio.ndim != 1:
+        raise ValueError(f"audio must be 1-D, got shape {audio.shape}")
+    if padding > 0:
+        audio = np.concatenate([audio.astype(np.float32, copy=False), np.zeros(padding, "f4")])
+    if audio.size < N_FFT // 2 + 1:  # reflect padding needs a few samples
+        audio = np.pad(audio, (0, N_FFT // 2 + 1 - audio.size))
+    power = power_spectrogram(audio)
+    mel = mel_filters(n_mels) @ power
+    log_spec = np.log10(np.maximum(mel, LOG_FLOOR))
+    log_spec = np.maximum(log_spec, log_spec.max() - DYNAMIC_RANGE)
+    return ((log_spec + 4.0) / 4.0).astype(np.float32)
+
+
+def pad_or_trim(mel: np.ndarray, n_frames: int = N_FRAMES) -> np.ndarray:
+    """Cut or zero-pad the frame axis of `mel` [n_mels, frames] to `n_frames`."""
+    if mel.shape[-1] >= n_frames:
+        return mel[:, :n_frames]
+    return np.pad(mel, ((0, 0), (0, n_frames - mel.shape[-1])))

@@ -1,0 +1,259 @@
+"""Whisper encoder/decoder in MLX, with a per-window cross-attention K/V and a decoder KV cache.
+
+Attention projections are stored fused (self: q|k|v, cross: k|v), as CTranslate2 keeps
+them: one matmul per projection group matters for single-token decode on the CPU.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from app.models.whisper import cpu_ops
+
+logger = logging.getLogger(__name__)
+
+LAYER_NORM_EPS = 1e-5
+MAX_TIMESCALE = 10_000  # sinusoidal encoder positions, as Whisper was trained with
+# Below these sizes the numpy round trip costs more than MLX's scalar exp/erf saves
+# (decoder steps stay in MLX; the encoder's 1500x1500 attention and GELUs go to numpy).
+NUMPY_ATTENTION_MIN = 1 << 16  # query x key positions
+NUMPY_GELU_MIN = 1 << 16  # elements
+
+
+@dataclass(slots=True, frozen=True)
+class WhisperDims:
+    n_mels: int
+    n_audio_ctx: int
+    n_audio_state: int
+    n_audio_head: int
+    n_audio_layer: int
+    n_vocab: int
+    n_text_ctx: int
+    n_text_state: int
+    n_text_head: int
+    n_text_layer: int
+
+
+def sinusoids(length: int, channels: int) -> mx.array:
+    """Encoder position table [length, channels]: sin half then cos half."""
+    increment = math.log(MAX_TIMESCALE) / (channels // 2 - 1)
+    inv = mx.exp(-increment * mx.arange(channels // 2, dtype=mx.float32))
+    t = mx.arange(length, dtype=mx.float32)[:, None] * inv[None, :]
+    return mx.concatenate([mx.sin(t), mx.cos(t)], axis=1)
+
+
+def gelu(x: mx.array) -> mx.array:
+    if x.size >= NUMPY_GELU_MIN and cpu_ops.use_numpy_kernels():
+        return cpu_ops.gelu(x)
+    return nn.gelu(x)
+
+
+def attention(
+    q: mx.array, k: mx.array, v: mx.array, scale: float, mask: mx.array | str | None
+) -> mx.array:
+    big = q.shape[2] * k.shape[2] >= NUMPY_ATTENTION_MIN
+    if big and (mask is None or mask == "causal") and cpu_ops.use_numpy_kernels():
+        return cpu_ops.attention(q, k, v, scale, causal=mask == "causal")
+    return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=mask)
+
+
+def _heads(x: mx.array, n_head: int) -> mx.array:
+    b, t, d = x.shape
+    return x.reshape(b, t, n_head, d // n_head).transpose(0, 2, 1, 3)
+
+
+def _merge(x: mx.array) -> mx.array:
+    b, h, t, dh = x.shape
+    return x.transpose(0, 2, 1, 3).reshape(b, t, h * dh)
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, n_state: int, n_head: int) -> None:
+        super().__init__()
+        self.n_head = n_head
+        self.scale = (n_state // n_head) ** -0.5
+        self.qkv = nn.Linear(n_state, 3 * n_state)
+        self.out = nn.Linear(n_state, n_state)
+
+    def __call__(
+        self,
+        x: mx.array,
+        cache: tuple[mx.array, mx.array] | None = None,
+        mask: mx.array | str | None = None,
+    ) -> tuple[mx.array, tuple[mx.array, mx.array]]:
+        q, k, v = mx.split(self.qkv(x), 3, axis=-1)
+        q, k, v = (_heads(t, self.n_head) for t in (q, k, v))
+        if cache is not None:
+            k = mx.concatenate([cache[0], k], axis=2)
+            v = mx.concatenate([cache[1], v], axis=2)
+        o = attention(q, k, v, self.scale, mask)
+        return self.out(_merge(o)), (k, v)
+
+
+class CrossAttention(nn.Module):
+    def __init__(self, n_state: int, n_head: int) -> None:
+        super().__init__()
+        self.n_head = n_head
+        self.scale = (n_state // n_head) ** -0.5
+        self.q = nn.Linear(n_state, n_state)
+        self.kv = nn.Linear(n_state, 2 * n_state)
+        self.out = nn.Linear(n_state, n_state)
+
+    def project_kv(self, audio: mx.array) -> tuple[mx.array, mx.array]:
+        k, v = mx.split(self.kv(audio), 2, axis=-1)
+        return _heads(k, self.n_head), _heads(v, self.n_head)
+
+    def __call__(self, x: mx.array, kv: tuple[mx.array, mx.array]) -> mx.array:
+        k, v = kv
+        b, t, _ = x.shape
+        q = _heads(self.q(x), self.n_head)
+        if k.shape[0] == 1 and b > 1:
+            # Beams share one window's K/V: fold them into the query axis instead of
+            # tiling the 1500-frame K/V per beam.
+            h, dh = q.shape[1], q.shape[3]
+            q = q.transpose(1, 0, 2, 3).reshape(1, h, b * t, dh)
+            o = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale)
+            o = o.reshape(h, b, t, dh).transpose(1, 0, 2, 3)
+        else:
+            o = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale)
+        return self.out(_merge(o))
+
+    def weights(self, x: mx.array, kv: tuple[mx.array, mx.array]) -> mx.array:
+        """Attention probabilities [B, H, T, S]; word alignment reads them."""
+        q = _heads(self.q(x), self.n_head)
+        scores = (q * self.scale) @ kv[0].transpose(0, 1, 3, 2)
+        return mx.softmax(scores, axis=-1, precise=True)
+
+
+class MLP(nn.Module):
+    def __init__(self, n_state: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(n_state, 4 * n_state)
+        self.fc2 = nn.Linear(4 * n_state, n_state)
+
+    def __call__(self, x: mx.array) -> mx.array:
+        return self.fc2(gelu(self.fc1(x)))
+
+
+class EncoderBlock(nn.Module):
+    def __init__(self, n_state: int, n_head: int) -> None:
+        super().__init__()
+        self.attn_ln = nn.LayerNorm(n_state, eps=LAYER_NORM_EPS)
+        self.attn = SelfAttention(n_state, n_head)
+        self.mlp_ln = nn.LayerNorm(n_state, eps=LAYER_NORM_EPS)
+        self.mlp = MLP(n_state)
+
+    def __call__(self, x: mx.array) -> mx.array:
+        x = x + self.attn(self.attn_ln(x))[0]
+        return x + self.mlp(self.mlp_ln(x))
+
+
+class DecoderBlock(nn.Module):
+    def __init__(self, n_state: int, n_head: int) -> None:
+        super().__init__()
+        self.attn_ln = nn.LayerNorm(n_state, eps=LAYER_NORM_EPS)
+        self.attn = SelfAttention(n_state, n_head)
+        self.cross_ln = nn.LayerNorm(n_state, eps=LAYER_NORM_EPS)
+        self.cross = CrossAttention(n_state, n_head)
+        self.mlp_ln = nn.LayerNorm(n_state, eps=LAYER_NORM_EPS)
+        self.mlp = MLP(n_state)
+
+    def __call__(
+        self,
+        x: mx.array,
+        cross_kv: tuple[mx.array, mx.array],
+        cache: tuple[mx.array, mx.array] | None,
+        mask: mx.array | str | None,
+    ) -> tuple[mx.array, tuple[mx.array, mx.array]]:
+        h, new_cache = self.attn(self.attn_ln(x), cache, mask)
+        x = x + h
+        x = x + self.cross(self.cross_ln(x), cross_kv)
+        return x + self.mlp(self.mlp_ln(x)), new_cache
+
+
+class AudioEncoder(nn.Module):
+    def __init__(self, dims: WhisperDims) -> None:
+        super().__init__()
+        d = dims.n_audio_state
+        self.conv1 = nn.Conv1d(dims.n_mels, d, kernel_size=3, padding=1)
+        self.conv2 = nn.Conv1d(d, d, kernel_size=3, stride=2, padding=1)
+        self.positions = sinusoids(dims.n_audio_ctx, d)
+        self.blocks = [EncoderBlock(d, dims.n_audio_head) for _ in range(dims.n_audio_layer)]
+        self.ln_post = nn.LayerNorm(d, eps=LAYER_NORM_EPS)
+
+    def __call__(self, mel: mx.array) -> mx.array:
+        """mel [B, n_mels, frames] -> audio features [B, frames // 2, n_audio_state]."""
+        x = gelu(self.conv1(mel.transpose(0, 2, 1)))
+        x = gelu(self.conv2(x))
+        x = x + self.positions[: x.shape[1]]
+        for block in self.blocks:
+            x = block(x)
+        return self.ln_post(x)
+
+
+class TextDecoder(nn.Module):
+    def __init__(self, dims: WhisperDims) -> None:
+        super().__init__()
+        d = dims.n_text_state
+        self.token_embedding = nn.Embedding(dims.n_vocab, d)
+        self.positions = mx.zeros((dims.n_text_ctx, d))
+        self.blocks = [DecoderBlock(d, dims.n_text_head) for _ in range(dims.n_text_layer)]
+        self.ln = nn.LayerNorm(d, eps=LAYER_NORM_EPS)
+
+    def __call__(
+        self,
+        tokens: mx.array,
+        cross_kv: list[tuple[mx.array, mx.array]],
+        cache: list[tuple[mx.array, mx.array]] | None = None,
+        positions: list[int] | None = None,
+    ) -> tuple[mx.array, list[tuple[mx.array, mx.array]]]:
+        """Logits [B, P, n_vocab] at `positions` of `tokens` [B, T] (default: the last),
+        the tokens following `cache`'s positions; returns the extended cache too."""
+        offset = 0 if not cache else cache[0][0].shape[2]
+        t = tokens.shape[1]
+        x = self.token_embedding(tokens) + self.positions[offset : offset + t]
+        mask = "causal" if t > 1 else None
+        new_cache = []
+        for i, block in enumerate(self.blocks):
+            x, kv = block(x, cross_kv[i], cache[i] if cache else None, mask)
+            new_cache.append(kv)
+        x = x[:, -1:] if positions is None else x[:, mx.array(positions)]
+        x = self.ln(x)
+        return self.token_embedding.as_linear(x), new_cache
+
+    def cross_attention_weights(
+        self, tokens: mx.array, cross_kv: list[tuple[mx.array, mx.array]]
+    ) -> list[mx.array]:
+        """Per layer cross-attention probabilities [B, H, T, S] for the full `tokens`."""
+        t = tokens.shape[1]
+        x = self.token_embedding(tokens) + self.positions[:t]
+        weights = []
+        for i, block in enumerate(self.blocks):
+            x = x + block.attn(block.attn_ln(x), None, "causal")[0]
+            y = block.cross_ln(x)
+            weights.append(block.cross.weights(y, cross_kv[i]))
+            x = x + block.cross(y, cross_kv[i])
+            x = x + block.mlp(block.mlp_ln(x))
+        return weights
+
+
+class Whisper(nn.Module):
+    def __init__(self, dims: WhisperDims) -> None:
+        super().__init__()
+        self.dims = dims
+        self.encoder = AudioEncoder(dims)
+        self.decoder = TextDecoder(dims)
+
+    def encode(self, mel: mx.array) -> list[tuple[mx.array, mx.array]]:
+        """One window's cross-attention K/V per decoder layer; computed once, reused per token."""
+        audio = self.encoder(mel)
+        return [block.cross.project_kv(audio) for block in self.decoder.blocks]
+
+    @property
+    def is_multilingual(self) -> bool:
+        return self.dims.n_vocab >= 51865
