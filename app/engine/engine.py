@@ -28,7 +28,7 @@ from app.engine.runner import ChatRunner
 from app.engine.sampling import RowSampler
 from app.engine.scheduler import Scheduler
 from app.engine.sequence import Sequence
-from app.engine.stream import RequestStream
+from app.engine.stream import Dispatcher, RequestStream
 from app.kv.sizing import default_budget_bytes
 from app.kv.store import KVStore
 from app.models.registry import ModelSpec, Registry, resolve_source
@@ -90,11 +90,11 @@ class Engine:
         self._handles: dict[str, ChatModelHandle] = {}
         self._asr_models: dict[str, TranscriptionModelHandle] = {}
         self._asr = AsrQueue()
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._dispatcher: Dispatcher | None = None
 
     # -- lifecycle ------------------------------------------------------------
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
+        self._dispatcher = Dispatcher(loop)
         self._thread = threading.Thread(target=self._run, name="mlx-engine", daemon=True)
         self._thread.start()
 
@@ -149,8 +149,8 @@ class Engine:
 
     def submit(self, req: GenerationRequest) -> RequestStream:
         """Queue a generation; events arrive on the returned stream."""
-        assert self._loop is not None
-        stream = RequestStream(self._loop)
+        assert self._dispatcher is not None
+        stream = RequestStream(self._dispatcher)
         self._commands.put(lambda: self._admit(req, stream))
         return stream
 
@@ -168,8 +168,8 @@ class Engine:
 
     def submit_transcription(self, job: Any) -> tuple[int, RequestStream]:
         """Queue a prepared TranscriptionJob; segments and the result arrive on the stream."""
-        assert self._loop is not None
-        task = AsrTask(job, RequestStream(self._loop))
+        assert self._dispatcher is not None
+        task = AsrTask(job, RequestStream(self._dispatcher))
         self._commands.put(lambda: self._asr.add(task))
         return task.id, task.stream
 
@@ -190,6 +190,9 @@ class Engine:
             except Exception:  # the engine thread must survive anything one step does
                 logger.exception("engine step failed")
                 time.sleep(0.01)
+            finally:
+                assert self._dispatcher is not None
+                self._dispatcher.flush()
         logger.info("engine thread stopped")
 
     def _has_work(self) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import mlx.core as mx
@@ -16,12 +17,18 @@ from mlx_lm.models.cache import make_prompt_cache
 
 from app.engine.kv_bridge import KVBridge
 from app.engine.request import Failed
-from app.engine.sampling import sample
+from app.engine.sampling import PendingSample, launch_sample, resolve, sample
 from app.engine.scheduler import Scheduler
 from app.engine.sequence import Sequence
 from app.models.types import LoadedChatModel
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class _Inflight:
+    rows: list[Sequence]
+    sample: PendingSample
 
 
 class ChatRunner:
@@ -32,6 +39,7 @@ class ChatRunner:
         self.scheduler = scheduler
         self.kv = kv
         self.batch_cache: list[Any] | None = None
+        self._inflight: _Inflight | None = None
         self._piece_cache: dict[int, str] = {}
 
     # -- queue management ---------------------------------------------------
@@ -78,14 +86,16 @@ class ChatRunner:
                 self._fail(list(self.running), exc, in_batch=True)
 
     def settle(self) -> None:
-        """Run the pending decode step now if finished rows wait in it to complete their KV,
+        """Finish pending decode work now if finished rows wait in it to complete their KV,
         so a follow-up request admitted next finds the whole previous turn in the store."""
-        if any(s.finished for s in self.running):
-            try:
+        try:
+            self.flush()
+            if any(s.finished for s in self.running):
                 self._decode()
-            except Exception as exc:
-                logger.exception("decode step failed; failing %d sequences", len(self.running))
-                self._fail(list(self.running), exc, in_batch=True)
+                self.flush()
+        except Exception as exc:
+            logger.exception("decode step failed; failing %d sequences", len(self.running))
+            self._fail(list(self.running), exc, in_batch=True)
 
     def _prefill_chunk(self, seq: Sequence, n: int) -> None:
         if seq.cache is None:
@@ -123,21 +133,59 @@ class ChatRunner:
         self.scheduler.promote(seq)
 
     def _decode(self) -> None:
+        """One decode step for every running row.
+
+        While the batch is unchanged and no row samples from Python-side state
+        (penalties), step t+1 is launched on the device before step t's tokens are read
+        back, so the device does not wait for per-token Python work (detokenize, stop
+        strings, events). Any change of the batch first collects the step in flight.
+        """
         rows = list(self.running)
-        inputs = mx.array([[s.last_token] for s in rows])
+        prev = self._inflight
+        if prev is not None and prev.rows != rows:
+            self.flush()
+            rows, prev = list(self.running), None
+            if not rows:
+                return
+        inputs = prev.sample.tokens[:, None] if prev is not None else \
+            mx.array([[s.last_token] for s in rows])
         logits = self.model(inputs, cache=self.batch_cache)[:, -1, :]
-        res = sample(logits, [s.sampler for s in rows], [s.generated for s in rows])
+        launched = _Inflight(rows, launch_sample(logits, [s.sampler for s in rows],
+                                                 [s.generated for s in rows]))
+        if not any(s.sampler.processors for s in rows):
+            mx.async_eval(launched.sample.tokens)
+            self._inflight = launched
+            if prev is not None:
+                self._collect(prev, next_launched=True)
+            return
+        self._inflight = None
+        if prev is not None:
+            self._collect(prev, next_launched=True)
+        self._collect(launched, next_launched=False)
+
+    def _collect(self, inflight: _Inflight, *, next_launched: bool) -> None:
+        """Read a step's tokens back and hand them to their sequences."""
+        res = resolve(inflight.sample, [s.sampler for s in inflight.rows])
+        live = set(map(id, self.running))
         done = []
-        for i, seq in enumerate(rows):
+        for i, seq in enumerate(inflight.rows):
+            if id(seq) not in live:
+                continue  # left the batch (aborted, failed) after this step was launched
             if seq.finished:
-                # Finished last step and kept one more step only to feed its final token,
-                # so the stored KV covers prompt + whole completion (the next turn's prefix).
+                # Finished earlier and kept for this step only to feed its final token, so
+                # the stored KV covers prompt + whole completion (the next turn's prefix).
                 done.append(seq)
                 continue
             seq.accept(res.tokens[i], self.piece, res.logprobs[i], res.top[i])
-            if seq.finished and self.kv is None:
-                done.append(seq)
+            if seq.finished and (next_launched or self.kv is None):
+                done.append(seq)  # a launched step already feeds its final token
         self._drop_rows(done)
+
+    def flush(self) -> None:
+        """Collect the step in flight, if any (before the batch changes)."""
+        if self._inflight is not None:
+            inflight, self._inflight = self._inflight, None
+            self._collect(inflight, next_launched=False)
 
     # -- leaving the batch --------------------------------------------------
     def _reap_aborted(self) -> None:
@@ -192,6 +240,7 @@ class ChatRunner:
             self._release(seq, None)
         if in_batch:
             self.batch_cache = None  # its rows no longer match the running list
+            self._inflight = None
 
     def piece(self, token: int) -> str:
         """Text of one token, for logprobs."""
@@ -209,3 +258,4 @@ class ChatRunner:
         self.scheduler.waiting.clear()
         self.scheduler.running.clear()
         self.batch_cache = None
+        self._inflight = None

@@ -111,12 +111,20 @@ def _filter(logits: mx.array, p: SamplingParams) -> mx.array:
     return logits
 
 
-def sample(
+@dataclass(slots=True)
+class PendingSample:
+    """Sampled tokens of a batch, still lazy: resolve() waits for them."""
+
+    tokens: mx.array
+    chosen: mx.array | None = None
+    logprobs: mx.array | None = None
+
+
+def launch_sample(
     logits: mx.array, rows: Sequence[RowSampler], generated: Sequence[list[int]]
-) -> SampleResult:
-    """Pick one token per row of logits[B, V]; evaluates the whole batch at once."""
+) -> PendingSample:
+    """Build the sampling graph for logits[B, V] without evaluating it."""
     logits = logits.astype(mx.float32)
-    want_lp = any(r.params.logprobs for r in rows)
     processed = []
     for i, row in enumerate(rows):
         x = logits[i]
@@ -125,37 +133,42 @@ def sample(
         processed.append(x)
     x_all = mx.stack(processed) if any(r.processors for r in rows) else logits
 
-    choices: list[mx.array] = []
-    greedy = mx.argmax(x_all, axis=-1)
-    for i, row in enumerate(rows):
-        p = row.params
-        if p.greedy:
-            choices.append(greedy[i])
-            continue
-        scaled = _filter(x_all[i] / p.temperature, p)
-        choices.append(mx.random.categorical(scaled, key=row.next_key()))
-    tokens = mx.stack(choices)
+    tokens = mx.argmax(x_all, axis=-1)
+    sampled = [i for i, r in enumerate(rows) if not r.params.greedy]
+    if sampled:
+        # Only the non-greedy rows pay for per-row filtering and their own PRNG key.
+        picks = [mx.random.categorical(_filter(x_all[i] / rows[i].params.temperature,
+                                               rows[i].params), key=rows[i].next_key())
+                 for i in sampled]
+        tokens[mx.array(sampled)] = mx.stack(picks).astype(tokens.dtype)
+    if not any(r.params.logprobs for r in rows):
+        return PendingSample(tokens)
+    logprobs = x_all - mx.logsumexp(x_all, axis=-1, keepdims=True)
+    chosen = mx.take_along_axis(logprobs, tokens[:, None], axis=-1)[:, 0]
+    return PendingSample(tokens, chosen, logprobs)
 
-    logprobs_arr = None
-    if want_lp:
-        logprobs_arr = x_all - mx.logsumexp(x_all, axis=-1, keepdims=True)
-        chosen = mx.take_along_axis(logprobs_arr, tokens[:, None], axis=-1)[:, 0]
-        mx.eval(tokens, chosen)
-    else:
-        mx.eval(tokens)
-    tok_list: list[int] = tokens.tolist()  # type: ignore[assignment]
 
+def resolve(pending: PendingSample, rows: Sequence[RowSampler]) -> SampleResult:
+    """Wait for a launched sample and bring it into Python."""
+    tok_list: list[int] = pending.tokens.tolist()  # type: ignore[assignment]
     lps: list[float | None] = [None] * len(rows)
     tops: list[list[tuple[int, float]]] = [[] for _ in rows]
-    if logprobs_arr is not None:
-        chosen_list = chosen.tolist()
+    if pending.chosen is not None and pending.logprobs is not None:
+        chosen_list = pending.chosen.tolist()
         for i, row in enumerate(rows):
             if not row.params.logprobs:
                 continue
             lps[i] = float(chosen_list[i])  # type: ignore[index,arg-type]
             k = row.params.top_logprobs
             if k > 0:
-                idx = mx.argsort(-logprobs_arr[i])[:k]
-                vals = logprobs_arr[i][idx]
+                idx = mx.argsort(-pending.logprobs[i])[:k]
+                vals = pending.logprobs[i][idx]
                 tops[i] = list(zip(idx.tolist(), vals.tolist()))  # type: ignore[arg-type]
     return SampleResult(tok_list, lps, tops)
+
+
+def sample(
+    logits: mx.array, rows: Sequence[RowSampler], generated: Sequence[list[int]]
+) -> SampleResult:
+    """Pick one token per row of logits[B, V] (launch and wait)."""
+    return resolve(launch_sample(logits, rows, generated), rows)

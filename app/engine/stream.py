@@ -1,8 +1,10 @@
 """RequestStream: events from the engine thread to one asyncio consumer.
 
-The engine never blocks on a slow client: pushes are scheduled onto the event loop
-and consecutive text deltas are merged, so the buffer holds at most one delta plus
-the final event however far the consumer falls behind.
+The engine never blocks on a slow client: events are handed to the event loop and
+consecutive text deltas are merged, so the buffer holds at most one delta plus the
+final event however far the consumer falls behind. The engine thread posts events
+into a Dispatcher and flushes it once per engine iteration: one wake-up of the event
+loop per step instead of one per stream (that cost grows with the batch).
 """
 
 from __future__ import annotations
@@ -15,18 +17,41 @@ from collections.abc import AsyncIterator
 from app.engine.request import FINAL_EVENTS, Delta, Event
 
 
-class RequestStream:
+class Dispatcher:
+    """Buffers (stream, event) pairs on the engine thread; flush() hands them to the loop."""
+
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
+        self.loop = loop
+        self._pending: list[tuple[RequestStream, Event]] = []
+
+    def post(self, stream: RequestStream, event: Event) -> None:
+        self._pending.append((stream, event))
+
+    def flush(self) -> None:
+        if not self._pending:
+            return
+        batch, self._pending = self._pending, []
+        # RuntimeError: the loop is gone (shutdown), nobody is listening any more.
+        with contextlib.suppress(RuntimeError):
+            self.loop.call_soon_threadsafe(_deliver, batch)
+
+
+def _deliver(batch: list[tuple[RequestStream, Event]]) -> None:
+    for stream, event in batch:
+        stream._put(event)
+
+
+class RequestStream:
+    def __init__(self, dispatcher: Dispatcher) -> None:
+        self._dispatcher = dispatcher
         self._events: deque[Event] = deque()
         self._ready = asyncio.Event()
         self.closed = False
 
     # -- engine thread side -------------------------------------------------
     def put_threadsafe(self, event: Event) -> None:
-        # RuntimeError: the loop is gone (shutdown), nobody is listening any more.
-        with contextlib.suppress(RuntimeError):
-            self._loop.call_soon_threadsafe(self._put, event)
+        """Queue an event; it reaches the consumer at the engine's next flush."""
+        self._dispatcher.post(self, event)
 
     # -- event loop side ----------------------------------------------------
     def _put(self, event: Event) -> None:
