@@ -26,6 +26,9 @@ GEOMETRIES: dict[str, dict[str, Any]] = {
                num_attention_heads=32, num_key_value_heads=8, vocab_size=128256),
     "1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
                num_attention_heads=32, num_key_value_heads=8, vocab_size=128256),
+    # compute-free: what is left is per-step/per-row bookkeeping overhead
+    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                 num_attention_heads=4, num_key_value_heads=2, vocab_size=512),
     "135m": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
                  num_attention_heads=9, num_key_value_heads=3, vocab_size=49152),
 }

@@ -20,7 +20,7 @@ def test_shortest_remaining_prompt_goes_first() -> None:
     long, short = FakeSeq(5000), FakeSeq(10)
     s.add(long)
     s.add(short)
-    assert s.plan().prefill is short
+    assert s.plan().prefill[0] is short
 
 
 def test_busy_chunk_follows_measured_rate() -> None:
@@ -47,7 +47,7 @@ def test_full_batch_defers_prefill_but_keeps_decoding() -> None:
     s.running.extend([FakeSeq(0), FakeSeq(0)])
     s.add(FakeSeq(100))
     plan = s.plan()
-    assert plan.prefill is None and plan.decode
+    assert not plan.prefill and plan.decode
 
 
 def test_promote_and_remove() -> None:
@@ -58,3 +58,21 @@ def test_promote_and_remove() -> None:
     assert s.running == [a] and not s.waiting
     s.remove(a)
     assert not s.has_work and s.plan().idle
+
+
+def test_short_prompts_are_grouped_within_the_chunk_budget() -> None:
+    s = Scheduler(idle_chunk=100, max_batch=8)
+    seqs = [FakeSeq(n) for n in (30, 10, 20, 40, 500)]
+    for q in seqs:
+        s.add(q)
+    plan = s.plan()
+    # sorted 10, 20, 30 -> width 30 x 3 = 90 <= 100; adding 40 would make 160
+    assert plan.prefill == [seqs[1], seqs[2], seqs[0]] and plan.chunk == 30
+
+
+def test_group_respects_free_batch_slots() -> None:
+    s = Scheduler(idle_chunk=1000, max_batch=3)
+    s.running.append(FakeSeq(0))
+    for n in (5, 6, 7):
+        s.add(FakeSeq(n))
+    assert len(s.plan().prefill) == 2

@@ -54,6 +54,7 @@ class KVBridge:
         if lk.entry is not None and n > 0:
             self.store.pin(lk.entry)
             seq.cache_entry, seq.cached_tokens = lk.entry, n
+            seq.prefilled = n  # the scheduler sees only the uncached rest as prefill work
         seq.cache_info = describe(lk, n)
 
     def seed(self, seq: Sequence, cache: list[Any]) -> None:
@@ -64,7 +65,6 @@ class KVBridge:
         n = seq.cached_tokens
         for c, (k, v) in zip(cache, prefix_layers(entry, n)):
             c.state = (k, v, n)
-        seq.prefilled = n
         self.store.unpin(entry)
         seq.cache_entry = None
 

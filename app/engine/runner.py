@@ -71,13 +71,16 @@ class ChatRunner:
     def step(self) -> None:
         self._reap_aborted()
         plan = self.scheduler.plan()
-        if plan.prefill is not None:
-            seq: Sequence = plan.prefill  # type: ignore[assignment]
+        group: list[Sequence] = plan.prefill  # type: ignore[assignment]
+        if group:
             try:
-                self._prefill_chunk(seq, plan.chunk)
+                if len(group) == 1:
+                    self._prefill_chunk(group[0], plan.chunk)
+                else:
+                    self._prefill_group(group)
             except Exception as exc:  # one bad prompt must not take the engine down
-                logger.exception("prefill failed for request %s", seq.req.id)
-                self._fail([seq], exc, in_batch=False)
+                logger.exception("prefill failed for requests %s", [s.req.id for s in group])
+                self._fail(group, exc, in_batch=False)
         if plan.decode and self.running:
             try:
                 self._decode()
@@ -97,11 +100,16 @@ class ChatRunner:
             logger.exception("decode step failed; failing %d sequences", len(self.running))
             self._fail(list(self.running), exc, in_batch=True)
 
-    def _prefill_chunk(self, seq: Sequence, n: int) -> None:
+    def _ensure_cache(self, seq: Sequence) -> list[Any]:
         if seq.cache is None:
             seq.cache = make_prompt_cache(self.model)
             if self.kv is not None:
                 self.kv.seed(seq, seq.cache)
+        return seq.cache
+
+    def _prefill_chunk(self, seq: Sequence, n: int) -> None:
+        self._ensure_cache(seq)
+        assert seq.cache is not None
         start = seq.prefilled
         chunk = seq.prompt[start : start + n]
         t0 = time.perf_counter()
@@ -123,14 +131,53 @@ class ChatRunner:
 
     def _join_batch(self, seq: Sequence) -> None:
         assert seq.cache is not None
-        merged = [type(c).merge([c]) for c in seq.cache]
-        if self.batch_cache is None:
-            self.batch_cache = merged
-        else:
-            for batch, new in zip(self.batch_cache, merged):
-                batch.extend(new)
+        self._extend_batch([type(c).merge([c]) for c in seq.cache], [seq])
         seq.cache = None
-        self.scheduler.promote(seq)
+
+    def _extend_batch(self, caches: list[Any], seqs: list[Sequence]) -> None:
+        if self.batch_cache is None:
+            self.batch_cache = caches
+        else:
+            for batch, new in zip(self.batch_cache, caches):
+                batch.extend(new)
+        for seq in seqs:
+            self.scheduler.promote(seq)
+
+    def _prefill_group(self, group: list[Sequence]) -> None:
+        """Finish several prompts in one forward: their cached prefixes are merged
+        left-padded, their remaining tokens right-padded, then the right padding is
+        rolled to the left (mlx-lm's BatchKVCache prepare/finalize)."""
+        t0 = time.perf_counter()
+        per_seq = [self._ensure_cache(s) for s in group]
+        caches = [type(layer[0]).merge(list(layer)) for layer in zip(*per_seq)]
+        rest = [s.prompt[s.prefilled :] for s in group]
+        width = max(len(r) for r in rest)
+        pads = [width - len(r) for r in rest]
+        for c in caches:
+            c.prepare(right_padding=pads)
+        tokens = mx.array([r + [0] * p for r, p in zip(rest, pads)])
+        logits = self.model(tokens, cache=caches)
+        last = logits[mx.arange(len(group)), mx.array([len(r) - 1 for r in rest])]
+        for c in caches:
+            c.finalize()
+        res = sample(last, [s.sampler for s in group], [s.generated for s in group])
+        self.scheduler.observe_prefill(sum(len(r) for r in rest), time.perf_counter() - t0)
+        keep = []
+        for i, seq in enumerate(group):
+            seq.prefilled = len(seq.prompt)
+            seq.cache = None
+            seq.accept(res.tokens[i], self.piece, res.logprobs[i], res.top[i])
+            if seq.finished:
+                self.scheduler.remove(seq)
+                self._release(seq, [c.extract(i) for c in caches] if self.kv else None)
+            else:
+                keep.append(i)
+        if not keep:
+            return
+        if len(keep) < len(group):
+            for c in caches:
+                c.filter(keep)
+        self._extend_batch(caches, [group[i] for i in keep])
 
     def _decode(self) -> None:
         """One decode step for every running row.

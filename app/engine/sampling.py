@@ -150,6 +150,9 @@ def launch_sample(
 
 def resolve(pending: PendingSample, rows: Sequence[RowSampler]) -> SampleResult:
     """Wait for a launched sample and bring it into Python."""
+    # mx.eval waits with the GIL released (tolist() alone would hold it), so the event
+    # loop thread can stream the previous step's tokens meanwhile.
+    mx.eval(pending.tokens, *(a for a in (pending.chosen,) if a is not None))
     tok_list: list[int] = pending.tokens.tolist()  # type: ignore[assignment]
     lps: list[float | None] = [None] * len(rows)
     tops: list[list[tuple[int, float]]] = [[] for _ in rows]

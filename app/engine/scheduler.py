@@ -2,8 +2,10 @@
 
 Policy:
 - Running sequences decode together every step (continuous batching).
-- One prefill chunk per step, for the waiting sequence with the fewest prompt
-  tokens left (a short request is not stuck behind a long prompt).
+- One prefill per step, for the waiting sequence with the fewest prompt tokens
+  left (a short request is not stuck behind a long prompt). Prompts that fit in
+  one chunk are prefilled together, padded to the longest, as one batch (a burst
+  of short requests costs one forward, not one each).
 - While streams are decoding, the chunk is sized from the measured prefill rate so
   one chunk takes about `busy_chunk_seconds`; with nothing decoding, it is large.
 """
@@ -24,13 +26,15 @@ class Schedulable(Protocol):
 
 @dataclass(slots=True)
 class StepPlan:
-    prefill: Schedulable | None = None
+    prefill: list[Schedulable] = field(default_factory=list)
+    """One sequence (possibly a chunk of its prompt) or several finishing their prompts."""
     chunk: int = 0
+    """Prompt tokens this step for a single sequence; the padded width for a group."""
     decode: bool = False
 
     @property
     def idle(self) -> bool:
-        return self.prefill is None and not self.decode
+        return not self.prefill and not self.decode
 
 
 @dataclass(slots=True)
@@ -72,11 +76,23 @@ class Scheduler:
 
     def plan(self) -> StepPlan:
         plan = StepPlan(decode=bool(self.running))
-        if self.waiting and len(self.running) < self.max_batch:
-            seq = min(self.waiting, key=lambda s: s.prefill_remaining)
-            limit = self.busy_chunk() if self.running else self.idle_chunk
-            plan.prefill = seq
-            plan.chunk = min(limit, seq.prefill_remaining)
+        free = self.max_batch - len(self.running)
+        if not self.waiting or free <= 0:
+            return plan
+        limit = self.busy_chunk() if self.running else self.idle_chunk
+        order = sorted(self.waiting, key=lambda s: s.prefill_remaining)
+        first = order[0]
+        if first.prefill_remaining > limit:
+            plan.prefill, plan.chunk = [first], limit
+            return plan
+        width = 0
+        for seq in order[:free]:
+            w = max(width, seq.prefill_remaining)
+            if w * (len(plan.prefill) + 1) > limit:
+                break  # padded tokens of the group stay within one chunk's budget
+            plan.prefill.append(seq)
+            width = w
+        plan.chunk = width
         return plan
 
     @property
