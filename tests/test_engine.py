@@ -177,3 +177,25 @@ async def test_stop_string_ends_generation(engine: Engine) -> None:
     assert res.finish and res.finish.reason == "stop"
     assert res.text == base.text[: base.text.find(stop)]
     assert stop not in res.text
+
+
+async def test_idle_model_is_unloaded_and_reloaded_on_demand(tiny_dir: Path) -> None:
+    spec = ModelSpec(MODEL_ID, "chat", ModelSource(path=str(tiny_dir)))
+    other = ModelSpec("other", "chat", ModelSource(path=str(tiny_dir)))
+    eng = Engine(Settings(eager_load=False, model_idle_ttl_seconds=0.2),
+                 Registry([spec, other]))
+    eng.start(asyncio.get_running_loop())
+    try:
+        handle = await eng.chat_model(other)
+        req = GenerationRequest("other", handle.tokenizer.encode("Hello"), 3,
+                                SamplingParams(temperature=0.0))
+        first = await collect(eng, req)
+        deadline = asyncio.get_running_loop().time() + 10
+        while eng.loaded_chat("other") is not None:
+            assert asyncio.get_running_loop().time() < deadline, "model was not unloaded"
+            await asyncio.sleep(0.1)
+        again = await collect(eng, GenerationRequest("other", req.prompt_tokens, 3,
+                                                     SamplingParams(temperature=0.0)))
+        assert again.tokens == first.tokens
+    finally:
+        eng.stop()

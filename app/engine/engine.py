@@ -42,6 +42,7 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 IDLE_WAIT_SECONDS = 0.5  # how long an idle engine blocks on its queue before housekeeping
 RETRY_AFTER_SECONDS = 2  # suggested wait when the KV budget refuses a request
+UNLOAD_CHECK_SECONDS = 1.0  # how often an idle engine looks for models past their TTL
 
 
 @dataclass(slots=True)
@@ -90,6 +91,8 @@ class Engine:
         self._handles: dict[str, ChatModelHandle] = {}
         self._asr_models: dict[str, TranscriptionModelHandle] = {}
         self._asr = AsrQueue()
+        self._last_used: dict[str, float] = {}
+        self._next_unload_check = 0.0
         self._dispatcher: Dispatcher | None = None
 
     # -- lifecycle ------------------------------------------------------------
@@ -166,11 +169,15 @@ class Engine:
             handle = await self.call(lambda: self._ensure_asr(spec))
         return handle
 
-    def submit_transcription(self, job: Any) -> tuple[int, RequestStream]:
+    def submit_transcription(self, job: Any, model_id: str) -> tuple[int, RequestStream]:
         """Queue a prepared TranscriptionJob; segments and the result arrive on the stream."""
         assert self._dispatcher is not None
         task = AsrTask(job, RequestStream(self._dispatcher))
-        self._commands.put(lambda: self._asr.add(task))
+        def add() -> None:
+            self._last_used[model_id] = time.monotonic()
+            self._asr.add(task)
+
+        self._commands.put(add)
         return task.id, task.stream
 
     def abort_transcription(self, task_id: int) -> None:
@@ -187,6 +194,8 @@ class Engine:
                         runner.step()
                 if self._asr.has_work:
                     self._asr.step()
+                elif self.settings.model_idle_ttl_seconds is not None:
+                    self._unload_idle(self.settings.model_idle_ttl_seconds)
             except Exception:  # the engine thread must survive anything one step does
                 logger.exception("engine step failed")
                 time.sleep(0.01)
@@ -194,6 +203,27 @@ class Engine:
                 assert self._dispatcher is not None
                 self._dispatcher.flush()
         logger.info("engine thread stopped")
+
+    def _unload_idle(self, ttl: float) -> None:
+        """Drop models idle longer than `ttl` (never the default chat model); their named
+        KV sessions are written to disk first so they survive the unload."""
+        now = time.monotonic()
+        if now < self._next_unload_check:
+            return
+        self._next_unload_check = now + UNLOAD_CHECK_SECONDS
+        for mid, runner in list(self._runners.items()):
+            if mid == self.registry.default_chat or runner.has_work:
+                continue
+            if now - self._last_used.get(mid, now) > ttl:
+                if runner.kv is not None:
+                    runner.kv.store.persist_all()
+                    runner.kv.store.clear()
+                del self._runners[mid], self._handles[mid]
+                logger.info("unloaded chat model %s after %.0fs idle", mid, ttl)
+        for mid in list(self._asr_models):
+            if not self._asr.has_work and now - self._last_used.get(mid, now) > ttl:
+                del self._asr_models[mid]  # queued jobs hold their own reference
+                logger.info("unloaded transcription model %s after %.0fs idle", mid, ttl)
 
     def _has_work(self) -> bool:
         return self._asr.has_work or any(r.has_work for r in self._runners.values())
@@ -238,6 +268,7 @@ class Engine:
         self._runners[spec.id] = ChatRunner(loaded, scheduler, kv)
         handle = ChatModelHandle(spec, loaded.tokenizer, ctx, loaded.fingerprint, loaded.dtype)
         self._handles[spec.id] = handle
+        self._last_used[spec.id] = time.monotonic()
         return handle
 
     def _ensure_asr(self, spec: ModelSpec) -> TranscriptionModelHandle:
@@ -249,6 +280,7 @@ class Engine:
         bundle = load_whisper(resolve_source(spec, offline=self.settings.hf_offline))
         handle = TranscriptionModelHandle(spec, bundle, bool(bundle.is_multilingual))
         self._asr_models[spec.id] = handle
+        self._last_used[spec.id] = time.monotonic()
         logger.info("loaded transcription model %s (%s, %s) in %.1fs", spec.id, bundle.format,
                     bundle.dtype, time.perf_counter() - t0)
         return handle
@@ -268,6 +300,14 @@ class Engine:
 
     def _admit(self, req: GenerationRequest, stream: RequestStream) -> None:
         runner = self._runners.get(req.model_id)
+        spec = self.registry.get(req.model_id)
+        if runner is None and spec is not None:
+            try:  # unloaded (idle TTL) between the route's lookup and now: load again
+                self._ensure_chat(spec)
+            except Exception:
+                logger.exception("reloading %s failed", req.model_id)
+            runner = self._runners.get(req.model_id)
+        self._last_used[req.model_id] = time.monotonic()
         if runner is None:
             stream.put_threadsafe(Failed(f"model {req.model_id!r} is not loaded", status=503))
             return

@@ -94,7 +94,7 @@ class TranscriptionService:
         return PreparedTranscription(handle, job, p)
 
     def submit(self, prep: PreparedTranscription) -> tuple[int, RequestStream]:
-        return self.engine.submit_transcription(prep.job)
+        return self.engine.submit_transcription(prep.job, prep.handle.spec.id)
 
     async def complete(self, prep: PreparedTranscription) -> Any:
         task_id, stream = self.submit(prep)
