@@ -32,6 +32,7 @@ def encode_audio(audio: np.ndarray, fmt: str, sample_rate: int = SAMPLE_RATE) ->
     buf = io.BytesIO()
     with av.open(buf, mode="w", format=_CONTAINER.get(fmt, fmt)) as box:
         stream = box.add_stream(codec, rate=rate)
+        assert isinstance(stream, av.AudioStream)
         stream.layout = "mono"
         if bit_rate:
             stream.bit_rate = bit_rate

@@ -85,7 +85,6 @@ def word_dict(w: Word) -> dict[str, Any]:
         "word": w.word.strip(),
         "start": round(w.start, DECIMALS),
         "end": round(w.end, DECIMALS),
-        "probability": round(w.probability, 6),
     }
 
 

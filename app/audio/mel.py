@@ -49,7 +49,8 @@ def mel_to_hz(mel: np.ndarray) -> np.ndarray:
 def mel_filters(n_mels: int, sample_rate: int = SAMPLE_RATE, n_fft: int = N_FFT) -> np.ndarray:
     """Triangular filters [n_mels, n_fft // 2 + 1], each normalised to unit area (Slaney)."""
     fft_hz = np.linspace(0.0, sample_rate / 2, n_fft // 2 + 1)
-    edges_hz = mel_to_hz(np.linspace(hz_to_mel(0.0), hz_to_mel(sample_rate / 2), n_mels + 2))
+    top_mel = float(hz_to_mel(np.array(sample_rate / 2)))
+    edges_hz = mel_to_hz(np.linspace(0.0, top_mel, n_mels + 2))
     widths = np.diff(edges_hz)
     # distance of every FFT bin from every triangle edge
     offsets = edges_hz[:, None] - fft_hz[None, :]

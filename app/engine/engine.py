@@ -181,7 +181,7 @@ class Engine:
         return task.id, task.stream
 
     def abort_transcription(self, task_id: int) -> None:
-        self._commands.put(lambda: self._asr.abort(task_id))
+        self._commands.put(lambda: None if self._asr.abort(task_id) else None)
 
     # -- engine thread ----------------------------------------------------------
     def _run(self) -> None:

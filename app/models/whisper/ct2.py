@@ -13,6 +13,7 @@ import mmap
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -21,7 +22,7 @@ logger = logging.getLogger(__name__)
 MODEL_FILE = "model.bin"
 MAX_BINARY_VERSION = 6  # newest layout this reader knows; newer files are refused
 # CTranslate2's DataType enum, in order.
-DTYPES: dict[int, np.dtype] = {
+DTYPES: dict[int, np.dtype[Any]] = {
     0: np.dtype("<f4"),
     1: np.dtype("i1"),
     2: np.dtype("<i2"),
@@ -29,7 +30,11 @@ DTYPES: dict[int, np.dtype] = {
     4: np.dtype("<f2"),
 }
 BFLOAT16_ID = 5
-_ITEM_SIZE_DTYPES = {4: np.dtype("<f4"), 2: np.dtype("<i2"), 1: np.dtype("i1")}
+_ITEM_SIZE_DTYPES: dict[int, np.dtype[Any]] = {
+    4: np.dtype("<f4"),
+    2: np.dtype("<i2"),
+    1: np.dtype("i1"),
+}
 
 
 class CT2FormatError(ValueError):

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import mlx.core as mx
 import numpy as np
 
+from app.models.whisper import cpu_ops
 from app.models.whisper.model import Whisper
 from app.models.whisper.tokenizer import TIME_PRECISION, WhisperTokenizer
 
@@ -178,7 +179,7 @@ class WindowDecoder:
         )
         sot_index = initial.index(self.tokenizer.special.sot)
         logits, cache = self._forward(mx.array([initial]), None, [sot_index, len(initial) - 1])
-        first = np.array(logits[0], dtype=np.float32)
+        first = logits[0]
         no_speech_prob = float(
             np.exp(_log_softmax(first[0].copy())[self.tokenizer.special.no_speech])
         )
@@ -201,14 +202,21 @@ class WindowDecoder:
     # -- model calls ----------------------------------------------------------------
     def _forward(
         self, tokens: mx.array, cache: KVCache | None, positions: list[int] | None = None
-    ) -> tuple[mx.array, KVCache]:
-        logits, new_cache = self.model.decoder(tokens, self.cross_kv, cache, positions)
-        mx.eval(logits, new_cache)
+    ) -> tuple[np.ndarray, KVCache]:
+        """Logits [B, P, V] as float32 numpy, and the extended cache."""
+        hidden, new_cache = self.model.decoder.hidden(tokens, self.cross_kv, cache, positions)
+        if cpu_ops.use_numpy_kernels():
+            mx.eval(hidden, new_cache)
+            logits = self.model.projection()(hidden).reshape(*hidden.shape[:2], -1)
+        else:
+            out = self.model.decoder.logits(hidden)
+            mx.eval(out, new_cache)
+            logits = np.array(out, dtype=np.float32)
         return logits, new_cache
 
     def _step(self, tokens: list[int], cache: KVCache) -> tuple[np.ndarray, KVCache]:
         logits, cache = self._forward(mx.array(tokens)[:, None], cache)
-        return np.array(logits[:, 0], dtype=np.float32), cache
+        return logits[:, 0], cache
 
     # -- strategies -----------------------------------------------------------------
     def _sample(
@@ -251,7 +259,7 @@ class WindowDecoder:
             if done.all():
                 break
             logits, cache = self._step(picks, cache)
-        best = max(range(n), key=lambda i: _rank(sum_lp[i], len(seqs[i]), options))
+        best = max(range(n), key=lambda i: _rank(float(sum_lp[i]), len(seqs[i]), options))
         return seqs[best], float(sum_lp[best])
 
     def _beam_search(

@@ -171,9 +171,9 @@ def _fuse(module: str, p: dict[str, mx.array]) -> dict[str, mx.array]:
         return p.get(f"{role}.bias", mx.zeros((w.shape[0],), dtype=w.dtype))
 
     out = {f"{module}.out.weight": p["out.weight"], f"{module}.out.bias": bias("out")}
-    if module.endswith(".attn"):
-        roles, fused = ("q", "k", "v"), "qkv"
-    else:
+    roles: tuple[str, ...] = ("q", "k", "v")
+    fused = "qkv"
+    if not module.endswith(".attn"):
         roles, fused = ("k", "v"), "kv"
         out[f"{module}.q.weight"] = p["q.weight"]
         out[f"{module}.q.bias"] = bias("q")
@@ -185,7 +185,18 @@ def _fuse(module: str, p: dict[str, mx.array]) -> dict[str, mx.array]:
 def _dims(config: dict[str, Any], weights: dict[str, mx.array]) -> dict[str, int]:
     cfg = config.get("dims", config)
     if "n_audio_state" in cfg:
-        keys = ["n_mels", "n_audio_ctx", "n_audio_state", "n_audio_head", "n_audio_layer", "n_vocab", "n_text_ctx", "n_text_state", "n_text_head", "n_text_layer"]
+        keys = [
+            "n_mels",
+            "n_audio_ctx",
+            "n_audio_state",
+            "n_audio_head",
+            "n_audio_layer",
+            "n_vocab",
+            "n_text_ctx",
+            "n_text_state",
+            "n_text_head",
+            "n_text_layer",
+        ]
         return {k: int(cfg[k]) for k in keys}
     d = int(cfg["d_model"])
     return {

@@ -23,6 +23,7 @@ MAX_TIMESCALE = 10_000  # sinusoidal encoder positions, as Whisper was trained w
 # (decoder steps stay in MLX; the encoder's 1500x1500 attention and GELUs go to numpy).
 NUMPY_ATTENTION_MIN = 1 << 16  # query x key positions
 NUMPY_GELU_MIN = 1 << 16  # elements
+NUMPY_CROSS_MIN = 256  # audio frames attended by a decode step
 
 
 @dataclass(slots=True, frozen=True)
@@ -49,7 +50,7 @@ def sinusoids(length: int, channels: int) -> mx.array:
 
 def gelu(x: mx.array) -> mx.array:
     if x.size >= NUMPY_GELU_MIN and cpu_ops.use_numpy_kernels():
-        return cpu_ops.gelu(x)
+        return cpu_ops.gelu_(x)
     return nn.gelu(x)
 
 
@@ -57,9 +58,16 @@ def attention(
     q: mx.array, k: mx.array, v: mx.array, scale: float, mask: mx.array | str | None
 ) -> mx.array:
     big = q.shape[2] * k.shape[2] >= NUMPY_ATTENTION_MIN
-    if big and (mask is None or mask == "causal") and cpu_ops.use_numpy_kernels():
-        return cpu_ops.attention(q, k, v, scale, causal=mask == "causal")
+    if big and mask is None and cpu_ops.use_numpy_kernels():
+        return cpu_ops.attention(q, k, v, scale)
     return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=mask)
+
+
+def cross_attention(q: mx.array, k: mx.array, v: mx.array, scale: float) -> mx.array:
+    # a decode step's softmax over 1500 frames is ~9k exps per query row: numpy on the CPU
+    if k.shape[2] >= NUMPY_CROSS_MIN and cpu_ops.use_numpy_kernels():
+        return cpu_ops.attention(q, k, v, scale)
+    return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale)
 
 
 def _heads(x: mx.array, n_head: int) -> mx.array:
@@ -106,7 +114,8 @@ class CrossAttention(nn.Module):
 
     def project_kv(self, audio: mx.array) -> tuple[mx.array, mx.array]:
         k, v = mx.split(self.kv(audio), 2, axis=-1)
-        return _heads(k, self.n_head), _heads(v, self.n_head)
+        # contiguous once per window, so every decode step reads it without a copy
+        return mx.contiguous(_heads(k, self.n_head)), mx.contiguous(_heads(v, self.n_head))
 
     def __call__(self, x: mx.array, kv: tuple[mx.array, mx.array]) -> mx.array:
         k, v = kv
@@ -117,10 +126,10 @@ class CrossAttention(nn.Module):
             # tiling the 1500-frame K/V per beam.
             h, dh = q.shape[1], q.shape[3]
             q = q.transpose(1, 0, 2, 3).reshape(1, h, b * t, dh)
-            o = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale)
+            o = cross_attention(q, k, v, self.scale)
             o = o.reshape(h, b, t, dh).transpose(1, 0, 2, 3)
         else:
-            o = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale)
+            o = cross_attention(q, k, v, self.scale)
         return self.out(_merge(o))
 
     def weights(self, x: mx.array, kv: tuple[mx.array, mx.array]) -> mx.array:
@@ -214,6 +223,17 @@ class TextDecoder(nn.Module):
     ) -> tuple[mx.array, list[tuple[mx.array, mx.array]]]:
         """Logits [B, P, n_vocab] at `positions` of `tokens` [B, T] (default: the last),
         the tokens following `cache`'s positions; returns the extended cache too."""
+        hidden, new_cache = self.hidden(tokens, cross_kv, cache, positions)
+        return self.logits(hidden), new_cache
+
+    def hidden(
+        self,
+        tokens: mx.array,
+        cross_kv: list[tuple[mx.array, mx.array]],
+        cache: list[tuple[mx.array, mx.array]] | None = None,
+        positions: list[int] | None = None,
+    ) -> tuple[mx.array, list[tuple[mx.array, mx.array]]]:
+        """Final hidden states [B, P, d] (after the last layer norm) and the new cache."""
         offset = 0 if not cache else cache[0][0].shape[2]
         t = tokens.shape[1]
         x = self.token_embedding(tokens) + self.positions[offset : offset + t]
@@ -223,23 +243,30 @@ class TextDecoder(nn.Module):
             x, kv = block(x, cross_kv[i], cache[i] if cache else None, mask)
             new_cache.append(kv)
         x = x[:, -1:] if positions is None else x[:, mx.array(positions)]
-        x = self.ln(x)
-        return self.token_embedding.as_linear(x), new_cache
+        return self.ln(x), new_cache
 
-    def cross_attention_weights(
-        self, tokens: mx.array, cross_kv: list[tuple[mx.array, mx.array]]
-    ) -> list[mx.array]:
-        """Per layer cross-attention probabilities [B, H, T, S] for the full `tokens`."""
+    def logits(self, x: mx.array) -> mx.array:
+        """Output projection, tied to the token embedding."""
+        return self.token_embedding.as_linear(x)
+
+    def alignment_pass(
+        self, tokens: mx.array, cross_kv: list[tuple[mx.array, mx.array]], layers: list[int]
+    ) -> tuple[dict[int, mx.array], mx.array]:
+        """Cross-attention probabilities [B, H, T, S] of `layers`, and the final hidden
+        states [B, T, d], for a whole token sequence in one pass (word alignment)."""
         t = tokens.shape[1]
         x = self.token_embedding(tokens) + self.positions[:t]
-        weights = []
+        weights = {}
         for i, block in enumerate(self.blocks):
             x = x + block.attn(block.attn_ln(x), None, "causal")[0]
             y = block.cross_ln(x)
-            weights.append(block.cross.weights(y, cross_kv[i]))
+            if i in layers:
+                weights[i] = block.cross.weights(y, cross_kv[i])
             x = x + block.cross(y, cross_kv[i])
             x = x + block.mlp(block.mlp_ln(x))
-        return weights
+        hidden = self.ln(x)
+        mx.eval(weights, hidden)
+        return weights, hidden
 
 
 class Whisper(nn.Module):
@@ -248,11 +275,18 @@ class Whisper(nn.Module):
         self.dims = dims
         self.encoder = AudioEncoder(dims)
         self.decoder = TextDecoder(dims)
+        self._projection: cpu_ops.Projection | None = None
 
     def encode(self, mel: mx.array) -> list[tuple[mx.array, mx.array]]:
         """One window's cross-attention K/V per decoder layer; computed once, reused per token."""
         audio = self.encoder(mel)
         return [block.cross.project_kv(audio) for block in self.decoder.blocks]
+
+    def projection(self) -> cpu_ops.Projection:
+        """The CPU logits projection, built on first use (a transposed embedding copy)."""
+        if self._projection is None:
+            self._projection = cpu_ops.Projection(self.decoder.token_embedding.weight)
+        return self._projection
 
     @property
     def is_multilingual(self) -> bool:

@@ -13,22 +13,22 @@ import time
 import mlx.core as mx
 import numpy as np
 
-from app.audio.mel import HOP_LENGTH, N_FRAMES, N_SAMPLES, SAMPLE_RATE, log_mel_spectrogram
-from app.models.whisper.decoding import (
-    DecodeResult,
-    DecodingOptions,
-    WindowDecoder,
-    detect_language,
-)
 from app.audio.languages import normalize_language
-from app.models.whisper.load import WhisperBundle
-from app.models.whisper.tokenizer import TIME_PRECISION
+from app.audio.mel import HOP_LENGTH, N_FRAMES, N_SAMPLES, SAMPLE_RATE, log_mel_spectrogram
 from app.audio.transcript import (
     TASKS,
     Segment,
     TranscribeOptions,
     TranscriptionResult,
 )
+from app.models.whisper.decoding import (
+    DecodeResult,
+    DecodingOptions,
+    WindowDecoder,
+    detect_language,
+)
+from app.models.whisper.load import WhisperBundle
+from app.models.whisper.tokenizer import TIME_PRECISION
 
 logger = logging.getLogger(__name__)
 
@@ -121,9 +121,10 @@ class TranscriptionJob:
         if self.options.word_timestamps and new_segments:
             from app.models.whisper.alignment import add_word_timestamps
 
+            window_end = min(self.duration, (seek + segment_size) / FRAMES_PER_SECOND)
             add_word_timestamps(
                 self.bundle, decoder, cross_kv, new_segments, self.language or "en",
-                seek / FRAMES_PER_SECOND, min(self.duration, (seek + segment_size) / FRAMES_PER_SECOND),
+                seek / FRAMES_PER_SECOND, window_end,
             )  # fmt: skip
         self.windows += 1
         self.compute_seconds += time.perf_counter() - started
@@ -193,10 +194,14 @@ class TranscriptionJob:
     def _consume(self, result: DecodeResult, seek: int, segment_size: int) -> list[Segment]:
         """Split the window's tokens into segments and move `seek` past what was used."""
         opts = self.options
-        if opts.no_speech_threshold is not None and result.no_speech_prob > opts.no_speech_threshold:
-            if opts.logprob_threshold is None or result.avg_logprob < opts.logprob_threshold:
-                self.seek = seek + segment_size  # silence: nothing to say here
-                return []
+        silent = (
+            opts.no_speech_threshold is not None
+            and result.no_speech_prob > opts.no_speech_threshold
+            and (opts.logprob_threshold is None or result.avg_logprob < opts.logprob_threshold)
+        )
+        if silent:
+            self.seek = seek + segment_size  # nothing said here
+            return []
         tb = self.tokenizer.timestamp_begin
         tokens = result.tokens
         offset = seek / FRAMES_PER_SECOND
@@ -214,11 +219,9 @@ class TranscriptionJob:
                 end = offset + (part[-1] - tb) * TIME_PRECISION
                 pieces.append((start, end, part))
                 last = cut
-            if ends_single:
-                advance = segment_size
-            else:
-                # resume at the last closing timestamp: the rest of the window is redone
-                advance = (tokens[last - 1] - tb) * FRAMES_PER_TOKEN
+            # unless the window ended cleanly, resume at the last closing timestamp
+            last_ts = (tokens[last - 1] - tb) * FRAMES_PER_TOKEN
+            advance = segment_size if ends_single else last_ts
         else:
             window_seconds = segment_size / FRAMES_PER_SECOND
             stamps = [t for t in tokens if t >= tb]
