@@ -79,6 +79,8 @@ def load_whisper(path: str | Path, dtype: mx.Dtype | None = None) -> WhisperBund
     model.load_weights([(k, v.astype(dtype)) for k, v in weights.items()], strict=True)
     model.eval()
     mx.eval(model.parameters())
+    if mx.default_device() == mx.cpu:
+        model.prepare_for_decoding()
     tokenizer = load_tokenizer(folder, dims.n_vocab)
     bundle = WhisperBundle(
         model=model,

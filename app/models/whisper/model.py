@@ -22,7 +22,7 @@ MAX_TIMESCALE = 10_000  # sinusoidal encoder positions, as Whisper was trained w
 # Below these sizes the numpy round trip costs more than MLX's scalar exp/erf saves
 # (decoder steps stay in MLX; the encoder's 1500x1500 attention and GELUs go to numpy).
 NUMPY_ATTENTION_MIN = 1 << 16  # query x key positions
-NUMPY_GELU_MIN = 1 << 16  # elements
+NUMPY_GELU_MIN = 1 << 10  # elements (a decode step's beams x 1536 qualify)
 NUMPY_CROSS_MIN = 256  # audio frames attended by a decode step
 
 
@@ -38,6 +38,30 @@ class WhisperDims:
     n_text_state: int
     n_text_head: int
     n_text_layer: int
+
+
+class Dense(nn.Module):
+    """A linear layer whose weight can be stored input-major ([in, out]) after loading.
+
+    Loaders fill the usual [out, in] weight; decode steps multiply a few rows by it, and
+    with the weight as [in, out] OpenBLAS runs that 3x faster at one row (51 us against
+    173 us for 384x1536 here: a streaming gemv instead of a transposed one).
+    """
+
+    def __init__(self, n_in: int, n_out: int) -> None:
+        super().__init__()
+        self.weight = mx.zeros((n_out, n_in))
+        self.bias = mx.zeros((n_out,))
+        self.input_major = False
+
+    def __call__(self, x: mx.array) -> mx.array:
+        w = self.weight if self.input_major else self.weight.T
+        return mx.addmm(self.bias, x, w)
+
+    def make_input_major(self) -> None:
+        if not self.input_major:
+            self.weight = mx.contiguous(self.weight.T)
+            self.input_major = True
 
 
 def sinusoids(length: int, channels: int) -> mx.array:
@@ -85,8 +109,8 @@ class SelfAttention(nn.Module):
         super().__init__()
         self.n_head = n_head
         self.scale = (n_state // n_head) ** -0.5
-        self.qkv = nn.Linear(n_state, 3 * n_state)
-        self.out = nn.Linear(n_state, n_state)
+        self.qkv = Dense(n_state, 3 * n_state)
+        self.out = Dense(n_state, n_state)
 
     def __call__(
         self,
@@ -108,9 +132,9 @@ class CrossAttention(nn.Module):
         super().__init__()
         self.n_head = n_head
         self.scale = (n_state // n_head) ** -0.5
-        self.q = nn.Linear(n_state, n_state)
-        self.kv = nn.Linear(n_state, 2 * n_state)
-        self.out = nn.Linear(n_state, n_state)
+        self.q = Dense(n_state, n_state)
+        self.kv = Dense(n_state, 2 * n_state)
+        self.out = Dense(n_state, n_state)
 
     def project_kv(self, audio: mx.array) -> tuple[mx.array, mx.array]:
         k, v = mx.split(self.kv(audio), 2, axis=-1)
@@ -142,8 +166,8 @@ class CrossAttention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, n_state: int) -> None:
         super().__init__()
-        self.fc1 = nn.Linear(n_state, 4 * n_state)
-        self.fc2 = nn.Linear(4 * n_state, n_state)
+        self.fc1 = Dense(n_state, 4 * n_state)
+        self.fc2 = Dense(4 * n_state, n_state)
 
     def __call__(self, x: mx.array) -> mx.array:
         return self.fc2(gelu(self.fc1(x)))
@@ -281,6 +305,17 @@ class Whisper(nn.Module):
         """One window's cross-attention K/V per decoder layer; computed once, reused per token."""
         audio = self.encoder(mel)
         return [block.cross.project_kv(audio) for block in self.decoder.blocks]
+
+    def prepare_for_decoding(self) -> None:
+        """Store the decoder's weights in the layout few-row matmuls run fastest in (CPU).
+
+        Call once, after the weights are loaded: weight shapes change to [in, out].
+        """
+        for _, module in self.decoder.named_modules():
+            if isinstance(module, Dense):
+                module.make_input_major()
+        mx.eval(self.decoder.parameters())
+        self.projection()
 
     def projection(self) -> cpu_ops.Projection:
         """The CPU logits projection, built on first use (a transposed embedding copy)."""
