@@ -16,9 +16,10 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import app  # noqa: F401  (loads OpenBLAS before mlx on Linux CPU)
 import mlx.core as mx
 from mlx_lm.models import llama
+
+import app  # noqa: F401  (loads OpenBLAS before mlx on Linux CPU)
 
 GEOMETRIES: dict[str, dict[str, Any]] = {
     # Llama-3-8B shapes

@@ -44,7 +44,7 @@ class DecodingOptions:
     """Previous-text tokens, given after <|startofprev|>."""
     without_timestamps: bool = False
     suppress_blank: bool = True
-    max_initial_timestamp: float = MAX_INITIAL_TIMESTAMP
+    max_initial_timestamp: float | None = MAX_INITIAL_TIMESTAMP
 
 
 @dataclass(slots=True)
