@@ -15,6 +15,7 @@ from typing import Any
 import mlx.core as mx
 from mlx_lm.models.cache import make_prompt_cache
 
+from app.engine import forward
 from app.engine.kv_bridge import KVBridge
 from app.engine.request import Failed
 from app.engine.sampling import PendingSample, launch_sample, resolve, sample
@@ -113,13 +114,15 @@ class ChatRunner:
         start = seq.prefilled
         chunk = seq.prompt[start : start + n]
         t0 = time.perf_counter()
-        logits = self.model(mx.array(chunk)[None], cache=seq.cache)
+        last = start + len(chunk) >= len(seq.prompt)
+        logits = forward.prefill(self.model, mx.array(chunk)[None], seq.cache,
+                                 mx.array([len(chunk) - 1]) if last else None)
         seq.prefilled += len(chunk)
-        if seq.prefill_remaining > 0:
+        if logits is None:
             mx.eval([c.state for c in seq.cache])
             self.scheduler.observe_prefill(len(chunk), time.perf_counter() - t0)
             return
-        res = sample(logits[:, -1, :], [seq.sampler], [seq.generated])
+        res = sample(logits, [seq.sampler], [seq.generated])
         self.scheduler.observe_prefill(len(chunk), time.perf_counter() - t0)
         seq.accept(res.tokens[0], self.piece, res.logprobs[0], res.top[0])
         if seq.finished:
@@ -156,8 +159,8 @@ class ChatRunner:
         for c in caches:
             c.prepare(right_padding=pads)
         tokens = mx.array([r + [0] * p for r, p in zip(rest, pads)])
-        logits = self.model(tokens, cache=caches)
-        last = logits[mx.arange(len(group)), mx.array([len(r) - 1 for r in rest])]
+        last = forward.prefill(self.model, tokens, caches, mx.array([len(r) - 1 for r in rest]))
+        assert last is not None
         for c in caches:
             c.finalize()
         res = sample(last, [s.sampler for s in group], [s.generated for s in group])
