@@ -90,4 +90,6 @@ def describe(lk: Lookup, used: int) -> str:
     """Header text: how much was reused and, on a miss or partial match, why."""
     if used > 0 and lk.reason == "hit":
         return f"hit; reused={used}"
+    if used > 0:  # e.g. the reply re-tokenized differently: most of the prefix still reused
+        return f"partial; reason={lk.reason}; reused={used}"
     return f"miss; reason={lk.reason}; reused={used}"
