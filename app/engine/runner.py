@@ -125,6 +125,7 @@ class ChatRunner:
         res = sample(logits, [seq.sampler], [seq.generated])
         self.scheduler.observe_prefill(len(chunk), time.perf_counter() - t0)
         seq.accept(res.tokens[0], self.piece, res.logprobs[0], res.top[0])
+        seq.stream.flush()  # first token out before the KV merge into the batch
         if seq.finished:
             self.scheduler.remove(seq)
             self._release(seq, seq.cache)
@@ -170,6 +171,7 @@ class ChatRunner:
             seq.prefilled = len(seq.prompt)
             seq.cache = None
             seq.accept(res.tokens[i], self.piece, res.logprobs[i], res.top[i])
+            seq.stream.flush()
             if seq.finished:
                 self.scheduler.remove(seq)
                 self._release(seq, [c.extract(i) for c in caches] if self.kv else None)

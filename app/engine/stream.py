@@ -53,6 +53,11 @@ class RequestStream:
         """Queue an event; it reaches the consumer at the engine's next flush."""
         self._dispatcher.post(self, event)
 
+    def flush(self) -> None:
+        """Send everything posted so far now (engine thread), e.g. a first token before
+        the batch bookkeeping that follows it."""
+        self._dispatcher.flush()
+
     # -- event loop side ----------------------------------------------------
     def _put(self, event: Event) -> None:
         if self.closed:
