@@ -84,7 +84,8 @@ class Engine:
     def __init__(self, settings: Settings, registry: Registry) -> None:
         self.settings = settings
         self.registry = registry
-        self._commands: queue.Queue[Callable[[], None]] = queue.Queue()
+        # Commands run for their effect; whatever they return is ignored.
+        self._commands: queue.Queue[Callable[[], object]] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._runners: dict[str, ChatRunner] = {}
@@ -181,7 +182,7 @@ class Engine:
         return task.id, task.stream
 
     def abort_transcription(self, task_id: int) -> None:
-        self._commands.put(lambda: None if self._asr.abort(task_id) else None)
+        self._commands.put(lambda: self._asr.abort(task_id))
 
     # -- engine thread ----------------------------------------------------------
     def _run(self) -> None:
@@ -365,9 +366,3 @@ class Engine:
         from dataclasses import asdict
 
         return {mid: asdict(r.kv.store.stats) for mid, r in self._runners.items() if r.kv}
-
-    # -- introspection (engine thread) -------------------------------------------
-    def stats(self) -> dict[str, Any]:
-        return {mid: {"waiting": len(r.scheduler.waiting), "running": len(r.scheduler.running),
-                      "prefill_tokens_per_s": r.scheduler.prefill_rate}
-                for mid, r in self._runners.items()}

@@ -46,6 +46,5 @@ def prefill(model: Any, tokens: mx.array, cache: list[Any],
     body, head = parts
     hidden = body(tokens, cache)
     if rows is None:
-        mx.eval(hidden)  # materialize the cache updates this chunk exists for
-        return None
+        return None  # the caller evaluates the cache updates this chunk exists for
     return head(hidden[mx.arange(tokens.shape[0]), rows])

@@ -77,8 +77,7 @@ class KVBridge:
             seq.reserved_bytes = 0
         if not cache:
             return
-        length = int(cache[0].offset) if not hasattr(cache[0].offset, "item") else \
-            int(cache[0].offset.item())
+        length = int(cache[0].offset)  # per-sequence caches (prefill or extracted rows)
         if length <= 0:
             return
         tokens = (seq.prompt + seq.generated)[:length]

@@ -79,6 +79,12 @@ class Usage:
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
 
+    def add_choice(self, other: Usage) -> None:
+        """Fold in one of `n` choices: they share the prompt, completions add up."""
+        self.prompt_tokens = other.prompt_tokens
+        self.cached_tokens = max(self.cached_tokens, other.cached_tokens)
+        self.completion_tokens += other.completion_tokens
+
 
 @dataclass(slots=True)
 class Finished:

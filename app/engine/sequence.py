@@ -60,7 +60,7 @@ class Sequence:
                                     [(decode_piece(t), v) for t, v in top]))
         reason: FinishReason | None = None
         if token in self.eos_ids:
-            text = self.stops.push(self.detok.flush()) + self.stops.flush()
+            text = self._remaining_text()
             reason = "stop"
         else:
             text = self.stops.push(self.detok.add(token))
@@ -68,12 +68,16 @@ class Sequence:
                 reason = "stop"
             elif (len(self.generated) >= self.req.max_tokens
                   or len(self.req.prompt_tokens) + len(self.generated) >= self.context_length):
-                text += self.stops.push(self.detok.flush()) + self.stops.flush()
+                text += self._remaining_text()
                 reason = "length"
         # Sent even without text (half a UTF-8 character): token counts stay exact.
         self.stream.put_threadsafe(Delta(text, [token], lps))
         if reason is not None:
             self.finish(reason)
+
+    def _remaining_text(self) -> str:
+        """Held-back text at the end: a partial character, then a partial stop string."""
+        return self.stops.push(self.detok.flush()) + self.stops.flush()
 
     def finish(self, reason: FinishReason) -> None:
         if self.finished:

@@ -157,9 +157,7 @@ class ChatService:
             choices.append({"index": i, "message": {"role": "assistant", "content": text},
                             "logprobs": _logprobs_json(lps) if prep.body.logprobs else None,
                             "finish_reason": fin.reason})
-            usage.prompt_tokens = fin.usage.prompt_tokens
-            usage.cached_tokens = max(usage.cached_tokens, fin.usage.cached_tokens)
-            usage.completion_tokens += fin.usage.completion_tokens
+            usage.add_choice(fin.usage)
         return {"id": prep.id, "object": "chat.completion", "created": prep.created,
                 "model": prep.model_name, "system_fingerprint": _fp(prep),
                 "choices": choices, "usage": usage_json(usage)}
@@ -186,9 +184,7 @@ class ChatService:
                                       logprobs=event.logprobs if prep.body.logprobs else None)
                 elif isinstance(event, Finished):
                     open_streams -= 1
-                    usage.prompt_tokens = event.usage.prompt_tokens
-                    usage.cached_tokens = max(usage.cached_tokens, event.usage.cached_tokens)
-                    usage.completion_tokens += event.usage.completion_tokens
+                    usage.add_choice(event.usage)
                     yield self._chunk(prep, i, {}, finish=event.reason)
                 elif isinstance(event, Failed):
                     # Headers are gone: report in-band, OpenAI style, and end the stream.

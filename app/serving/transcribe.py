@@ -16,6 +16,7 @@ from starlette.concurrency import run_in_threadpool
 from app.api.errors import APIError, model_not_found
 from app.api.sse import sse_data
 from app.audio.decode import AudioDecodeError, decode_audio
+from app.audio.formats import GRANULARITIES, RESPONSE_FORMATS
 from app.engine.engine import Engine, TranscriptionModelHandle
 from app.engine.request import Failed, TranscriptDone, TranscriptSegments
 from app.engine.stream import RequestStream
@@ -24,8 +25,6 @@ from app.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-RESPONSE_FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
-GRANULARITIES = ("segment", "word")
 
 
 @dataclass(slots=True)
