@@ -6,7 +6,7 @@ import asyncio
 from pathlib import Path
 
 from app.engine.engine import Engine
-from app.engine.request import Admitted, GenerationRequest
+from app.engine.request import Admitted, GenerationRequest, SamplingParams
 from tests.test_engine import MODEL_ID, collect, make_engine, no_eos, prompt_ids
 
 pytest_plugins = ["tests.test_engine"]
@@ -96,3 +96,17 @@ async def test_eviction_under_tiny_budget(tiny_dir: Path) -> None:
         assert stats[MODEL_ID]["resident_bytes"] <= 100_000
     finally:
         eng.stop()
+
+
+async def test_staggered_finishes_in_pipelined_batch_store_exact_kv(engine: Engine) -> None:
+    """Rows finishing one step apart while decode is pipelined (no logits processors):
+    each stored entry covers exactly prompt + completion. A row kept to feed its final
+    token once fed a second, sampled-after-the-end token here and its entry was lost."""
+    reqs = [GenerationRequest(MODEL_ID, prompt_ids(engine, f"Story number {i}: once upon"),
+                              3 + i, SamplingParams(temperature=0.0), session=f"stagger-{i}")
+            for i in range(6)]
+    results = await asyncio.gather(*(collect(engine, r) for r in reqs))
+    sessions = {s["session"]: s for s in await engine.call(engine.cache_sessions)}
+    for req, res in zip(reqs, results):
+        assert res.finish is not None
+        assert sessions[req.session]["tokens"] == len(req.prompt_tokens) + len(res.tokens)

@@ -204,7 +204,10 @@ class ChatRunner:
         logits = self.model(inputs, cache=self.batch_cache)[:, -1, :]
         launched = _Inflight(rows, launch_sample(logits, [s.sampler for s in rows],
                                                  [s.generated for s in rows]))
-        if not any(s.sampler.processors for s in rows):
+        # Rows that finished and are in the batch only to feed their final token must
+        # leave right after this step: launching another step first would feed them a
+        # token past the end, and their stored KV would no longer match their tokens.
+        if not any(s.sampler.processors or s.finished for s in rows):
             mx.async_eval(launched.sample.tokens)
             self._inflight = launched
             if prev is not None:
