@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from app.api import audio, cache, chat, models
 from app.api.errors import install_error_handlers
 from app.blas import load_openblas
+from app.cpu_runtime import configure as configure_cpu_runtime
 from app.engine.engine import Engine
 from app.models.registry import Registry
 from app.serving.chat import ChatService
@@ -29,8 +30,10 @@ def describe_runtime() -> str:
     dtype = "float32 (CPU: half-precision matmuls are slow here)" if device == mx.cpu \
         else "model dtype (GPU)"
     version = getattr(mx, "__version__", "?")
+    tuning = ", ".join(f"{k}={v}" for k, v in configure_cpu_runtime().items()) or "none"
     return f"mlx {version}, device {device}, BLAS {blas.name}" + \
-        (f" ({blas.path})" if blas.path else "") + f", compute dtype {dtype}"
+        (f" ({blas.path})" if blas.path else "") + f", compute dtype {dtype}" + \
+        f", CPU process tuning: {tuning}"
 
 
 async def _eager_load(app: FastAPI) -> None:

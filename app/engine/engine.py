@@ -31,6 +31,8 @@ from app.engine.sequence import Sequence
 from app.engine.stream import Dispatcher, RequestStream
 from app.kv.sizing import default_budget_bytes
 from app.kv.store import KVStore
+from app.models import cpu_kernels
+from app.models.gguf import on_cpu
 from app.models.registry import ModelSpec, Registry, resolve_source
 from app.models.types import LoadedChatModel, TextTokenizer
 from app.settings import Settings
@@ -71,6 +73,8 @@ class EngineStopped(RuntimeError):
 
 def load_chat_model(spec: ModelSpec, settings: Settings) -> LoadedChatModel:
     path = resolve_source(spec, offline=settings.hf_offline)
+    if settings.cpu_fast_kernels and on_cpu():
+        cpu_kernels.install()
     if path.suffix == ".gguf":
         from app.models.gguf import load_gguf
 
@@ -353,6 +357,7 @@ class Engine:
         for mid, runner in self._runners.items():
             if runner.kv is None:
                 continue
+            runner.settle()  # requests already answered show up with their whole completion
             for info in runner.kv.store.sessions():
                 out.append({"model": mid, "session": info.key, "tokens": info.tokens,
                             "bytes": info.bytes, "resident": info.resident,
@@ -360,6 +365,9 @@ class Engine:
         return out
 
     def delete_cache_session(self, key: str) -> bool:
+        for runner in self._runners.values():
+            if runner.kv is not None:
+                runner.settle()  # else a just-finished turn would store the session again
         return any([r.kv.store.delete_session(key) for r in self._runners.values() if r.kv])
 
     def cache_stats(self) -> dict[str, Any]:

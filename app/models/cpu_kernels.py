@@ -1,0 +1,154 @@
+"""Faster exp-based kernels for float32 transformers on MLX's CPU backend.
+
+MLX's CPU backend evaluates `exp` (and so softmax, sigmoid, SiLU) one element at a time
+through libm: ~13 ns per element on this machine, against 0.4 ns for a multiply and
+0.6 ns for numpy's SIMD exp. In a prefill that is most of the non-matmul time: a 512-token
+chunk over 1k cached tokens runs ~140M exps in attention's softmax and 24M in SwiGLU.
+
+`fast_exp` is exp from multiplies and adds (Cody-Waite range reduction, a degree-6
+polynomial, 2^n assembled in the exponent bits), which `mx.compile` fuses into one
+generated loop: ~3 ns per element, relative error < 1e-7 (mx.exp's own is ~2e-6).
+`softmax`, `swiglu` and `attention` are built on it.
+
+`install()` points the mlx-lm model modules we serve at them, for the whole process: on
+the CPU every model runs on the CPU, and mlx-lm reaches attention and SwiGLU through those
+module-level names. Never installed on a GPU, whose kernels are already fused.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from functools import partial
+from typing import Any
+
+import mlx.core as mx
+from mlx_lm.models.base import scaled_dot_product_attention as mlx_lm_attention
+
+logger = logging.getLogger(__name__)
+
+# exp(x) = 2^n * exp(r), n = round(x / ln 2), r = x - n ln 2 in [-ln2/2, ln2/2].
+LOG2E = 1.4426950408889634
+LN2_HI = 0.693359375  # ln 2 split in two so n * LN2_HI is exact in float32
+LN2_LO = -2.12194440e-4
+# Taylor-like coefficients of (exp(r) - 1 - r) / r^2, minimax-fitted for float32.
+EXP_POLY = (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2,
+            1.6666665459e-1, 5.0000001201e-1)
+# Below this exp underflows float32's normal range; clamping keeps 2^n constructible
+# (the result, 1.6e-38, is zero for every sum it enters). Above MAX it overflows anyway.
+EXP_MIN = -87.0
+EXP_MAX = 88.0
+# Adding then subtracting 1.5 * 2^23 rounds a float32 of magnitude < 2^22 to an integer
+# with plain adds, which the generated loop vectorizes (floor() would call libm).
+ROUND_MAGIC = 12582912.0
+FLOAT32_EXPONENT_BIAS = 127
+FLOAT32_MANTISSA_BITS = 23
+# Masked attention scores: finite, so a fully masked row (left padding) stays a uniform
+# row instead of NaN, matching MLX's own fallback.
+MASKED = -1e30
+
+# mlx-lm model modules that reach attention and SwiGLU through these module-level names.
+PATCHED_MODULES = ("llama", "qwen2", "qwen3")  # mistral loads as llama
+
+_installed: dict[str, tuple[Any, Any]] = {}
+
+
+@partial(mx.compile, shapeless=True)
+def _exp_parts(x: mx.array, shift: mx.array) -> tuple[mx.array, mx.array]:
+    """exp(x - shift) = poly * 2^n: the polynomial, and 2^n's float32 bits as int32."""
+    x = mx.clip(x - shift, EXP_MIN, EXP_MAX)
+    n = (x * LOG2E + ROUND_MAGIC) - ROUND_MAGIC  # round to nearest; floor() is a libm call
+    r = x - n * LN2_HI - n * LN2_LO
+    p = mx.array(EXP_POLY[0], dtype=x.dtype)
+    for c in EXP_POLY[1:]:
+        p = p * r + c
+    p = p * r * r + r + 1.0
+    return p, (n.astype(mx.int32) + FLOAT32_EXPONENT_BIAS) << FLOAT32_MANTISSA_BITS
+
+
+# Compiled shapeless (one trace for every shape: batch and context sizes change each step),
+# which rules out the bit-cast `view` inside; it follows outside, a zero-copy reinterpretation.
+def fast_exp(x: mx.array) -> mx.array:
+    """exp of a float32 array."""
+    return _exp_shifted(x, mx.array(0.0, dtype=x.dtype))
+
+
+def _exp_shifted(x: mx.array, shift: mx.array) -> mx.array:
+    p, bits = _exp_parts(x, shift)
+    return p * bits.view(mx.float32)
+
+
+@partial(mx.compile, shapeless=True)
+def _silu_times(gate: mx.array, exp_neg_gate: mx.array, x: mx.array) -> mx.array:
+    return gate / (1.0 + exp_neg_gate) * x
+
+
+def swiglu(gate: mx.array, x: mx.array) -> mx.array:
+    """silu(gate) * x, as mlx-lm's `swiglu`."""
+    if gate.dtype != mx.float32:
+        return gate * mx.sigmoid(gate) * x
+    return _silu_times(gate, fast_exp(-gate), x)
+
+
+def softmax(x: mx.array) -> mx.array:
+    """Softmax over the last axis (float32)."""
+    e = _exp_shifted(x, x.max(axis=-1, keepdims=True))
+    return e * (1.0 / e.sum(axis=-1, keepdims=True))
+
+
+def attention(queries: mx.array, keys: mx.array, values: mx.array, cache: Any,
+              scale: float, mask: mx.array | str | None, sinks: mx.array | None = None,
+              ) -> mx.array:
+    """Drop-in for mlx-lm's `scaled_dot_product_attention` (same arguments).
+
+    queries [B, H, L, D]; keys/values [B, Hkv, S, D] with H a multiple of Hkv (grouped
+    queries are folded into the rows of one matmul per kv head, never repeated in memory);
+    mask None, "causal" (the last L of S positions), or a boolean/additive array that
+    broadcasts to [B, 1|H, L, S].
+    """
+    if hasattr(cache, "bits") or sinks is not None or queries.dtype != mx.float32:
+        return mlx_lm_attention(queries, keys, values, cache=cache, scale=scale,
+                                mask=mask, sinks=sinks)  # type: ignore[arg-type]
+    b, h, length, d = queries.shape
+    hkv, s = keys.shape[1], keys.shape[2]
+    rep = h // hkv
+    q = (queries * scale).reshape(b, hkv, rep * length, d)
+    scores = (q @ keys.swapaxes(-1, -2)).reshape(b, hkv, rep, length, s)
+    if isinstance(mask, str):
+        if mask != "causal":
+            raise ValueError(f"unsupported attention mask {mask!r}")
+        allowed = mx.arange(s - length, s)[:, None] >= mx.arange(s)[None]
+        scores = mx.where(allowed, scores, MASKED)
+    elif mask is not None:
+        if mask.ndim == 4:  # [B, 1|H, L, S] -> [B, Hkv, rep, L, S]
+            mask = mask.reshape(mask.shape[0], -1, 1, *mask.shape[2:]) if mask.shape[1] == 1 \
+                else mask.reshape(mask.shape[0], hkv, rep, *mask.shape[2:])
+        scores = mx.where(mask, scores, MASKED) if mask.dtype == mx.bool_ else scores + mask
+    probs = softmax(scores).reshape(b, hkv, rep * length, s)
+    return (probs @ values).reshape(b, h, length, d)
+
+
+def install() -> bool:
+    """Route the served mlx-lm architectures' attention and SwiGLU through this module.
+
+    Idempotent; returns True when (now) installed.
+    """
+    if _installed:
+        return True
+    for name in PATCHED_MODULES:
+        module: Any = importlib.import_module(f"mlx_lm.models.{name}")
+        _installed[name] = (module.scaled_dot_product_attention, module.swiglu)
+        module.scaled_dot_product_attention = attention
+        module.swiglu = swiglu
+    logger.info("CPU kernels: polynomial exp for attention softmax and SwiGLU in %s",
+                ", ".join(PATCHED_MODULES))
+    return True
+
+
+def uninstall() -> None:
+    """Restore mlx-lm's own functions (tests and benchmarks compare both)."""
+    for name, (sdpa, act) in _installed.items():
+        module: Any = importlib.import_module(f"mlx_lm.models.{name}")
+        module.scaled_dot_product_attention = sdpa
+        module.swiglu = act
+    _installed.clear()
