@@ -39,6 +39,11 @@ def test_softmax_and_swiglu_match_mlx() -> None:
     assert mx.allclose(cpu_kernels.swiglu(g, x), nn.silu(g) * x, atol=1e-5).item()
 
 
+def test_gelu_matches_exact_gelu() -> None:
+    x = mx.array(np.linspace(-12.0, 12.0, 100_001, dtype=np.float32))
+    assert mx.allclose(cpu_kernels.gelu(x), nn.gelu(x), atol=1e-6).item()
+
+
 def _qkv(b: int, h: int, hkv: int, length: int, s: int) -> tuple[mx.array, ...]:
     keys = mx.random.split(mx.random.key(7), 3)
     return (mx.random.normal((b, h, length, 16), key=keys[0]),

@@ -90,6 +90,38 @@ def swiglu(gate: mx.array, x: mx.array) -> mx.array:
     return _silu_times(gate, fast_exp(-gate), x)
 
 
+# Abramowitz & Stegun 7.1.26: erf(z) = 1 - (a1 t + ... + a5 t^5) e^{-z^2}, t = 1/(1 + p z),
+# |error| < 1.5e-7 for z >= 0: multiplies, adds, one divide and one exp.
+AS_P = 0.3275911
+AS_A = (0.254829592, -0.284496736, 1.421413741, -1.453152027, 1.061405429)
+INV_SQRT2 = 0.7071067811865476
+
+
+@partial(mx.compile, shapeless=True)
+def _gelu_parts(x: mx.array) -> tuple[mx.array, mx.array]:
+    """(-z^2, A&S polynomial of t) for z = |x| / sqrt(2)."""
+    z = mx.abs(x) * INV_SQRT2
+    t = 1.0 / (1.0 + AS_P * z)
+    poly = mx.array(AS_A[4], dtype=x.dtype)
+    for c in reversed(AS_A[:4]):
+        poly = poly * t + c
+    return -(z * z), poly * t
+
+
+@partial(mx.compile, shapeless=True)
+def _gelu_combine(x: mx.array, poly: mx.array, exp_neg_z2: mx.array) -> mx.array:
+    tail = 0.5 * poly * exp_neg_z2  # 1 - Phi(|x|)
+    return x * mx.where(x >= 0, 1.0 - tail, tail)
+
+
+def gelu(x: mx.array) -> mx.array:
+    """Exact (erf) GELU, x * Phi(x), as nn.gelu; abs. error < 1e-7 * |x|."""
+    if x.dtype != mx.float32:
+        return x * (1 + mx.erf(x * INV_SQRT2)) / 2
+    neg_z2, poly = _gelu_parts(x)
+    return _gelu_combine(x, poly, fast_exp(neg_z2))
+
+
 def softmax(x: mx.array) -> mx.array:
     """Softmax over the last axis (float32)."""
     e = _exp_shifted(x, x.max(axis=-1, keepdims=True))

@@ -13,17 +13,18 @@ from dataclasses import dataclass
 import mlx.core as mx
 import mlx.nn as nn
 
+from app.models import cpu_kernels
 from app.models.whisper import cpu_ops
 
 logger = logging.getLogger(__name__)
 
 LAYER_NORM_EPS = 1e-5
 MAX_TIMESCALE = 10_000  # sinusoidal encoder positions, as Whisper was trained with
-# Below these sizes the numpy round trip costs more than MLX's scalar exp/erf saves
-# (decoder steps stay in MLX; the encoder's 1500x1500 attention and GELUs go to numpy).
+# On the CPU, the encoder's 1500x1500 attention and its GELUs go to numpy (SIMD exp, in
+# place, worth the sync); a decode step's few rows stay in one MLX graph with the
+# polynomial-exp kernels (app/models/cpu_kernels.py): no sync per layer.
 NUMPY_ATTENTION_MIN = 1 << 16  # query x key positions
-NUMPY_GELU_MIN = 1 << 10  # elements (a decode step's beams x 1536 qualify)
-NUMPY_CROSS_MIN = 256  # audio frames attended by a decode step
+NUMPY_GELU_MIN = 1 << 16  # elements
 
 
 @dataclass(slots=True, frozen=True)
@@ -73,25 +74,25 @@ def sinusoids(length: int, channels: int) -> mx.array:
 
 
 def gelu(x: mx.array) -> mx.array:
-    if x.size >= NUMPY_GELU_MIN and cpu_ops.use_numpy_kernels():
+    if not cpu_ops.use_numpy_kernels():
+        return nn.gelu(x)
+    if x.size >= NUMPY_GELU_MIN:
         return cpu_ops.gelu_(x)
-    return nn.gelu(x)
+    return cpu_kernels.gelu(x)
 
 
 def attention(
     q: mx.array, k: mx.array, v: mx.array, scale: float, mask: mx.array | str | None
 ) -> mx.array:
-    big = q.shape[2] * k.shape[2] >= NUMPY_ATTENTION_MIN
-    if big and mask is None and cpu_ops.use_numpy_kernels():
+    if not cpu_ops.use_numpy_kernels():
+        return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=mask)
+    if mask is None and q.shape[2] * k.shape[2] >= NUMPY_ATTENTION_MIN:
         return cpu_ops.attention(q, k, v, scale)
-    return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=mask)
+    return cpu_kernels.attention(q, k, v, None, scale, mask)
 
 
 def cross_attention(q: mx.array, k: mx.array, v: mx.array, scale: float) -> mx.array:
-    # a decode step's softmax over 1500 frames is ~9k exps per query row: numpy on the CPU
-    if k.shape[2] >= NUMPY_CROSS_MIN and cpu_ops.use_numpy_kernels():
-        return cpu_ops.attention(q, k, v, scale)
-    return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale)
+    return attention(q, k, v, scale, None)
 
 
 def _heads(x: mx.array, n_head: int) -> mx.array:
