@@ -23,6 +23,8 @@ def parse_args(argv: list[str] | None = None) -> dict[str, object]:
     p.add_argument("--kv-dir", type=Path, help="directory for persisted session caches")
     p.add_argument("--no-eager-load", dest="eager_load", action="store_const", const=False,
                    help="do not load the default model at start-up")
+    p.add_argument("--no-cpu-fast-kernels", dest="cpu_fast_kernels", action="store_const",
+                   const=False, help="use mlx-lm's own attention/SwiGLU on the CPU")
     p.add_argument("--hf-offline", action="store_const", const=True,
                    help="never contact the Hugging Face Hub")
     p.add_argument("--log-level", help="debug, info, warning, ...")

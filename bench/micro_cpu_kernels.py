@@ -26,7 +26,10 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import app  # noqa: E402,F401  (process tuning + OpenBLAS before mlx)
+import app  # noqa: E402
+
+app.load_openblas()  # done by the package import already: process tuning + BLAS before MLX
+
 import mlx.core as mx  # noqa: E402
 import mlx.nn as nn  # noqa: E402
 import numpy as np  # noqa: E402
@@ -50,6 +53,19 @@ def timed(fn: Callable[[], Any], reps: int = 10) -> float:
     return statistics.median(times)
 
 
+def _cases(x: mx.array, g: mx.array) -> dict[str, Callable[[], mx.array]]:
+    return {
+        "mx.exp": lambda: mx.exp(x),
+        "fast_exp": lambda: cpu_kernels.fast_exp(x),
+        "mx.softmax": lambda: mx.softmax(x, axis=-1),
+        "softmax": lambda: cpu_kernels.softmax(x),
+        "silu*x": lambda: nn.silu(g) * x,
+        "swiglu": lambda: cpu_kernels.swiglu(g, x),
+        "nn.gelu": lambda: nn.gelu(x),
+        "gelu": lambda: cpu_kernels.gelu(x),
+    }
+
+
 def elementwise() -> dict[str, float]:
     """ns per element, one process (its malloc tuning decided by the environment)."""
     out: dict[str, float] = {}
@@ -63,17 +79,7 @@ def elementwise() -> dict[str, float]:
         for _ in range(10):
             np.exp(xs)
         out[f"numpy exp {label}"] = (time.perf_counter() - t0) / 10 / n * 1e9
-        cases: dict[str, Callable[[], mx.array]] = {
-            "mx.exp": lambda: mx.exp(x),
-            "fast_exp": lambda: cpu_kernels.fast_exp(x),
-            "mx.softmax": lambda: mx.softmax(x, axis=-1),
-            "softmax": lambda: cpu_kernels.softmax(x),
-            "silu*x": lambda: nn.silu(g) * x,
-            "swiglu": lambda: cpu_kernels.swiglu(g, x),
-            "nn.gelu": lambda: nn.gelu(x),
-            "gelu": lambda: cpu_kernels.gelu(x),
-        }
-        for name, fn in cases.items():
+        for name, fn in _cases(x, g).items():
             out[f"{name} {label}"] = timed(fn) / n * 1e9
     return out
 
@@ -150,7 +156,8 @@ def main() -> None:
     lines += ["", "300k: [3, 3, 30, 1130] (turn-N attention scores); 4.7M: [1, 3, 3, 512, 1024] "
               "(a 512-token chunk's scores over 1k keys). Ours: `app/models/cpu_kernels.py`.", "",
               "## SmolLM2-135M float32, seconds (median per rep; modes alternated)", "",
-              "| mode | 1k prefill (2 x 512) | 30 new tokens over 1.1k cache | batch-8 decode step |",
+              "| mode | 1k prefill (2 x 512) | 30 new tokens over 1.1k cache "
+              "| batch-8 decode step |",
               "|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['mode']} | {r['prefill_1k']:.3f} | {r['turn_n']:.3f} | "

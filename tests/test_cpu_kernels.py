@@ -67,6 +67,8 @@ def _left_padding_mask(b: int, length: int, s: int) -> mx.array:
     (3, 6, 2, 1, 12, "padding"),       # batched decode, left-padded rows
     (3, 6, 2, 4, 12, "padding"),       # batched prefill, left-padded rows
     (2, 4, 2, 3, 10, "additive"),
+    (1, 6, 2, 520, 1100, "causal"),    # long prefill: numpy softmax in query blocks
+    (2, 6, 2, 400, 1400, "padding"),   # the same with a batch mask, 2 blocks
 ])
 def test_attention_matches_mlx_sdpa(b: int, h: int, hkv: int, length: int, s: int,
                                     mask: str | None) -> None:

@@ -15,6 +15,8 @@ import logging
 import mlx.core as mx
 import numpy as np
 
+from app.models.cpu_kernels import softmax_numpy_ as softmax_
+
 logger = logging.getLogger(__name__)
 
 # Abramowitz & Stegun 7.1.26: erf(z) = 1 - (a1 t + ... + a5 t^5) e^{-z^2}, t = 1/(1 + p z),
@@ -22,9 +24,8 @@ logger = logging.getLogger(__name__)
 _AS_P = 0.3275911
 _AS_A = (0.254829592, -0.284496736, 1.421413741, -1.453152027, 1.061405429)
 _INV_SQRT2 = 0.7071067811865476
-# Work in blocks so numpy's successive passes hit the cache, not memory (1 MB for the
-# softmax's 5 passes; 64 KB for GELU's ~20, which measured fastest here).
-SOFTMAX_BLOCK_FLOATS = 1 << 18
+# Work in blocks so numpy's successive passes hit the cache, not memory (64 KB for GELU's
+# ~20 passes measured fastest here; the softmax's blocks are set in cpu_kernels).
 GELU_BLOCK_FLOATS = 1 << 14
 QUERY_BLOCK = 256  # attention query rows per block
 
@@ -44,22 +45,6 @@ def _writable_view(x: mx.array) -> np.ndarray | None:
     if a.dtype != np.float32 or not (a.flags.c_contiguous and a.flags.writeable):
         return None
     return a
-
-
-def softmax_(scores: mx.array) -> mx.array:
-    """Softmax over the last axis, computed in place in the MLX buffer (no copies)."""
-    a = _writable_view(scores)
-    if a is None:
-        return mx.softmax(scores, axis=-1, precise=True)
-    # row blocks of a few MB stay in cache across the five passes
-    rows = a.reshape(-1, a.shape[-1])
-    step = max(1, SOFTMAX_BLOCK_FLOATS // a.shape[-1])
-    for start in range(0, rows.shape[0], step):
-        block = rows[start : start + step]
-        block -= block.max(axis=-1, keepdims=True)
-        np.exp(block, out=block)
-        block *= np.reciprocal(block.sum(axis=-1, keepdims=True))
-    return scores
 
 
 def gelu_(x: mx.array) -> mx.array:
