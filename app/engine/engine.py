@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 import mlx.core as mx
 
+from app.engine import forward
 from app.engine.asr import AsrQueue, AsrTask
 from app.engine.kv_bridge import AdmissionRefused, KVBridge, measure_kv_bytes_per_token
 from app.engine.request import Admitted, Failed, GenerationRequest
@@ -254,6 +255,10 @@ class Engine:
             return self._handles[spec.id]
         t0 = time.perf_counter()
         loaded = load_chat_model(spec, self.settings)
+        try:
+            forward.warm_up(loaded.model)
+        except Exception:  # a model that can't batch still serves single requests
+            logger.warning("warm-up forward failed for %s", spec.id, exc_info=True)
         handle = self.add_chat_model(spec, loaded)
         logger.info("loaded chat model %s (%s, context %d) in %.1fs on %s",
                     spec.id, loaded.dtype, handle.context_length, time.perf_counter() - t0,

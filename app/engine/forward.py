@@ -48,3 +48,21 @@ def prefill(model: Any, tokens: mx.array, cache: list[Any],
     if rows is None:
         return None  # the caller evaluates the cache updates this chunk exists for
     return head(hidden[mx.arange(tokens.shape[0]), rows])
+
+
+def warm_up(model: Any) -> None:
+    """Run each shape family serving uses once: a single-sequence prefill, a left-padded
+    batched prefill and a batched decode step.
+
+    Kernels compiled on first use (the CPU's g++-built fused kernels behind mx.compile,
+    cached per machine; GPU kernels) are then built while the model loads, not inside a
+    user's first request: here the first 1k-token prompt after a fresh install took 5.8 s
+    instead of 3.5 s.
+    """
+    from mlx_lm.models.cache import BatchKVCache, make_prompt_cache
+
+    single = make_prompt_cache(model)
+    mx.eval(prefill(model, mx.array([[1, 2, 3, 4]]), single, mx.array([3])))
+    batch = [BatchKVCache([0, 2]) for _ in single]
+    mx.eval(model(mx.array([[1, 2, 3, 4], [0, 0, 1, 2]]), cache=batch)[:, -1])
+    mx.eval(model(mx.array([[5], [6]]), cache=batch)[:, -1])
