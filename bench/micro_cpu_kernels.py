@@ -22,7 +22,6 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -35,6 +34,7 @@ import mlx.core as mx  # noqa: E402
 import mlx.nn as nn  # noqa: E402
 import numpy as np  # noqa: E402
 from common import RESULTS_DIR, ensure_hf_folder, load_avg  # noqa: E402
+from micro_timing import timed  # noqa: E402
 from mlx_lm.models.cache import BatchKVCache, make_prompt_cache  # noqa: E402
 
 from app.engine import forward  # noqa: E402
@@ -42,16 +42,6 @@ from app.models import cpu_kernels  # noqa: E402
 from app.models.hf import load_hf  # noqa: E402
 
 SIZES = {"300k": (3, 3, 30, 1130), "4.7M": (1, 3, 3, 512, 1024)}
-
-
-def timed(fn: Callable[[], Any], reps: int = 10) -> float:
-    mx.eval(fn())
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        mx.eval(fn())
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def _cases(x: mx.array, g: mx.array) -> dict[str, Callable[[], mx.array]]:
@@ -81,7 +71,7 @@ def elementwise() -> dict[str, float]:
             np.exp(xs)
         out[f"numpy exp {label}"] = (time.perf_counter() - t0) / 10 / n * 1e9
         for name, fn in _cases(x, g).items():
-            out[f"{name} {label}"] = timed(fn) / n * 1e9
+            out[f"{name} {label}"] = timed(fn, 10) / n * 1e9
     return out
 
 

@@ -13,10 +13,8 @@
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,21 +28,11 @@ app.blas.load_openblas()
 import mlx.core as mx  # noqa: E402
 import mlx_lm.models.llama as llama  # noqa: E402
 from common import ensure_hf_folder, load_avg  # noqa: E402
+from micro_timing import timed  # noqa: E402
 from mlx_lm import load  # noqa: E402
 from mlx_lm.models.cache import make_prompt_cache  # noqa: E402
 
-REPS = 5
 CHUNK = 512
-
-
-def timed(fn: Callable[[], Any], reps: int = REPS) -> float:
-    mx.eval(fn())
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        mx.eval(fn())
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def last_logits(model: Any, x: mx.array, cache: list[Any]) -> mx.array:
