@@ -7,8 +7,10 @@ chunk over 1k cached tokens runs ~140M exps in attention's softmax and 24M in Sw
 
 `fast_exp` is exp from multiplies and adds (Cody-Waite range reduction, a degree-6
 polynomial, 2^n assembled in the exponent bits), which `mx.compile` fuses into one
-generated loop: ~3 ns per element, relative error < 1e-7 (mx.exp's own is ~2e-6).
-`softmax`, `swiglu` and `attention` are built on it.
+generated loop: ~2-4 ns per element, relative error < 1e-7 (mx.exp's own is ~2e-6).
+`softmax`, `swiglu`, `gelu` and `attention` are built on it, except that a long prefill's
+attention hands its softmax to numpy in blocks (the sync is cheap next to that much work).
+Measurements: bench/results/micro-cpu-kernels.md.
 
 `install()` points the mlx-lm model modules we serve at them, for the whole process: on
 the CPU every model runs on the CPU, and mlx-lm reaches attention and SwiGLU through those
