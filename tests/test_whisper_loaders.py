@@ -171,6 +171,21 @@ def _split_attention(w: dict[str, np.ndarray], p: str) -> dict[str, np.ndarray]:
     return out
 
 
+def _layer_tensors(w: dict[str, np.ndarray], p: str, to: str, mods: dict[str, str],
+                   names: dict[str, str], renames: tuple[tuple[str, str], ...],
+                   ) -> dict[str, np.ndarray]:
+    """One block's tensors under another format's names: block `p` of ours -> `to`."""
+    out = {}
+    for key, value in _split_attention(w, p).items():
+        mod, role, kind = key.split(".")
+        out[f"{to}.{mods[mod]}.{names[role]}.{'weight' if kind == 'w' else 'bias'}"] = value
+    for ours, theirs in renames:
+        for kind in ("weight", "bias"):
+            if f"{p}.{ours}.{kind}" in w:
+                out[f"{to}.{theirs}.{kind}"] = w[f"{p}.{ours}.{kind}"]
+    return out
+
+
 def _save_transformers(w: dict[str, np.ndarray], folder: Path, n_vocab: int) -> None:
     from safetensors.numpy import save_file
 
@@ -190,19 +205,12 @@ def _save_transformers(w: dict[str, np.ndarray], folder: Path, n_vocab: int) -> 
         "model.decoder.layer_norm.bias": w["decoder.ln.bias"],
         "proj_out.weight": w["decoder.token_embedding.weight"],
     }
+    renames = (("attn_ln", "self_attn_layer_norm"), ("mlp_ln", "final_layer_norm"),
+               ("cross_ln", "encoder_attn_layer_norm"), ("mlp.fc1", "fc1"), ("mlp.fc2", "fc2"))
     for side in ("encoder", "decoder"):
         for i in range(LAYERS):
-            p, hp = f"{side}.blocks.{i}", f"model.{side}.layers.{i}"
-            for key, value in _split_attention(w, p).items():
-                mod, role, kind = key.split(".")
-                out[f"{hp}.{mods[mod]}.{names[role]}.{'weight' if kind == 'w' else 'bias'}"] = value
-            for ours, theirs in (("attn_ln", "self_attn_layer_norm"),
-                                 ("mlp_ln", "final_layer_norm"),
-                                 ("cross_ln", "encoder_attn_layer_norm"), ("mlp.fc1", "fc1"),
-                                 ("mlp.fc2", "fc2")):  # fmt: skip
-                for kind in ("weight", "bias"):
-                    if f"{p}.{ours}.{kind}" in w:
-                        out[f"{hp}.{theirs}.{kind}"] = w[f"{p}.{ours}.{kind}"]
+            out |= _layer_tensors(w, f"{side}.blocks.{i}", f"model.{side}.layers.{i}",
+                                  mods, names, renames)
     folder.mkdir()
     save_file({k: np.ascontiguousarray(v) for k, v in out.items()},
               str(folder / "model.safetensors"))  # fmt: skip
@@ -232,18 +240,12 @@ def _save_openai(w: dict[str, np.ndarray], folder: Path, n_vocab: int) -> None:
         "decoder.ln.weight": w["decoder.ln.weight"],
         "decoder.ln.bias": w["decoder.ln.bias"],
     }
+    renames = (("attn_ln", "attn_ln"), ("mlp_ln", "mlp_ln"), ("cross_ln", "cross_attn_ln"),
+               ("mlp.fc1", "mlp1"), ("mlp.fc2", "mlp2"))
     for side in ("encoder", "decoder"):
         for i in range(LAYERS):
             p = f"{side}.blocks.{i}"
-            for key, value in _split_attention(w, p).items():
-                mod, role, kind = key.split(".")
-                out[f"{p}.{mods[mod]}.{names[role]}.{'weight' if kind == 'w' else 'bias'}"] = value
-            for ours, theirs in (("attn_ln", "attn_ln"), ("mlp_ln", "mlp_ln"),
-                                 ("cross_ln", "cross_attn_ln"), ("mlp.fc1", "mlp1"),
-                                 ("mlp.fc2", "mlp2")):  # fmt: skip
-                for kind in ("weight", "bias"):
-                    if f"{p}.{ours}.{kind}" in w:
-                        out[f"{p}.{theirs}.{kind}"] = w[f"{p}.{ours}.{kind}"]
+            out |= _layer_tensors(w, p, p, mods, names, renames)
     folder.mkdir()
     save_file({k: np.ascontiguousarray(v) for k, v in out.items()},
               str(folder / "weights.safetensors"))  # fmt: skip

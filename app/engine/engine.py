@@ -357,12 +357,18 @@ class Engine:
                 return
 
     # -- KV session admin (engine thread; reach them through call()) ----------------
+    def _settled_kv_runners(self) -> dict[str, ChatRunner]:
+        """Runners that keep KV caches, each settled first: a request already answered
+        shows up with its whole completion, and is not stored again after a delete."""
+        runners = {mid: r for mid, r in self._runners.items() if r.kv is not None}
+        for runner in runners.values():
+            runner.settle()
+        return runners
+
     def cache_sessions(self) -> list[dict[str, Any]]:
         out = []
-        for mid, runner in self._runners.items():
-            if runner.kv is None:
-                continue
-            runner.settle()  # requests already answered show up with their whole completion
+        for mid, runner in self._settled_kv_runners().items():
+            assert runner.kv is not None
             for info in runner.kv.store.sessions():
                 out.append({"model": mid, "session": info.key, "tokens": info.tokens,
                             "bytes": info.bytes, "resident": info.resident,
@@ -370,10 +376,8 @@ class Engine:
         return out
 
     def delete_cache_session(self, key: str) -> bool:
-        for runner in self._runners.values():
-            if runner.kv is not None:
-                runner.settle()  # else a just-finished turn would store the session again
-        return any([r.kv.store.delete_session(key) for r in self._runners.values() if r.kv])
+        runners = self._settled_kv_runners().values()
+        return any([r.kv.store.delete_session(key) for r in runners if r.kv])
 
     def cache_stats(self) -> dict[str, Any]:
         from dataclasses import asdict

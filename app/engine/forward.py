@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 import mlx.core as mx
+from mlx_lm.models.cache import BatchKVCache, make_prompt_cache
 
 # mlx-lm model types whose __call__ is exactly `head(self.model(x, cache))`.
 PLAIN_HEAD_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3"})
@@ -59,8 +60,6 @@ def warm_up(model: Any) -> None:
     user's first request: here the first 1k-token prompt after a fresh install took 5.8 s
     instead of 3.5 s.
     """
-    from mlx_lm.models.cache import BatchKVCache, make_prompt_cache
-
     single = make_prompt_cache(model)
     mx.eval(prefill(model, mx.array([[1, 2, 3, 4]]), single, mx.array([3])))
     batch = [BatchKVCache([0, 2]) for _ in single]

@@ -140,12 +140,24 @@ def softmax(x: mx.array) -> mx.array:
     return e * (1.0 / e.sum(axis=-1, keepdims=True))
 
 
+def writable_view(x: mx.array) -> np.ndarray | None:
+    """numpy view of an evaluated array's own buffer, when it may be edited in place.
+
+    Only fresh results (matmul outputs) are passed here; a strided or read-only view
+    (a broadcast or slice of something else) is refused and the caller falls back.
+    """
+    mx.eval(x)
+    a = np.asarray(x)
+    if a.dtype != np.float32 or not (a.flags.c_contiguous and a.flags.writeable):
+        return None
+    return a
+
+
 def softmax_numpy_(scores: mx.array) -> mx.array:
     """Softmax over the last axis computed in place in the evaluated MLX buffer (numpy's
     SIMD exp, ~0.6 ns per element); falls back to `softmax` for a view it may not edit."""
-    mx.eval(scores)
-    a = np.asarray(scores)
-    if a.dtype != np.float32 or not (a.flags.c_contiguous and a.flags.writeable):
+    a = writable_view(scores)
+    if a is None:
         return softmax(scores)
     rows = a.reshape(-1, a.shape[-1])
     step = max(1, NUMPY_SOFTMAX_BLOCK // a.shape[-1])
@@ -202,6 +214,9 @@ def attention(queries: mx.array, keys: mx.array, values: mx.array, cache: Any,
         probs = softmax(_masked(scores, mask, slice(0, length), s, length))
         return (probs.reshape(b, hkv, rep * length, s) @ values).reshape(b, h, length, d)
     rows_per_block = max(1, BLOCK_SCORES // (b * h * s))
+    # every block multiplies by all of K and V: lay them out contiguously once, not per block
+    keys_t = mx.contiguous(keys_t)
+    values = mx.contiguous(values)
     blocks = []
     for start in range(0, length, rows_per_block):
         rows = slice(start, min(start + rows_per_block, length))

@@ -20,10 +20,9 @@ logger = logging.getLogger(__name__)
 
 LAYER_NORM_EPS = 1e-5
 MAX_TIMESCALE = 10_000  # sinusoidal encoder positions, as Whisper was trained with
-# On the CPU, the encoder's 1500x1500 attention and its GELUs go to numpy (SIMD exp, in
-# place, worth the sync); a decode step's few rows stay in one MLX graph with the
-# polynomial-exp kernels (app/models/cpu_kernels.py): no sync per layer.
-NUMPY_ATTENTION_MIN = 1 << 16  # query x key positions
+# On the CPU, the encoder's GELUs go to numpy (SIMD exp, in place, worth the sync); a
+# decode step's few rows stay in one MLX graph with the polynomial-exp kernels
+# (app/models/cpu_kernels.py): no sync per layer.
 NUMPY_GELU_MIN = 1 << 16  # elements
 
 
@@ -86,13 +85,8 @@ def attention(
 ) -> mx.array:
     if not cpu_ops.use_numpy_kernels():
         return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=mask)
-    if mask is None and q.shape[2] * k.shape[2] >= NUMPY_ATTENTION_MIN:
-        return cpu_ops.attention(q, k, v, scale)
+    # the encoder's 1500x1500 scores take numpy's softmax in blocks, decode steps stay in MLX
     return cpu_kernels.attention(q, k, v, None, scale, mask)
-
-
-def cross_attention(q: mx.array, k: mx.array, v: mx.array, scale: float) -> mx.array:
-    return attention(q, k, v, scale, None)
 
 
 def _heads(x: mx.array, n_head: int) -> mx.array:
@@ -151,10 +145,10 @@ class CrossAttention(nn.Module):
             # tiling the 1500-frame K/V per beam.
             h, dh = q.shape[1], q.shape[3]
             q = q.transpose(1, 0, 2, 3).reshape(1, h, b * t, dh)
-            o = cross_attention(q, k, v, self.scale)
+            o = attention(q, k, v, self.scale, None)
             o = o.reshape(h, b, t, dh).transpose(1, 0, 2, 3)
         else:
-            o = cross_attention(q, k, v, self.scale)
+            o = attention(q, k, v, self.scale, None)
         return self.out(_merge(o))
 
     def weights(self, x: mx.array, kv: tuple[mx.array, mx.array]) -> mx.array:
