@@ -28,6 +28,8 @@ import mlx.core as mx
 import numpy as np
 from mlx_lm.models.base import scaled_dot_product_attention as mlx_lm_attention
 
+from app.models.cpu_threads import run_parts, split_range
+
 logger = logging.getLogger(__name__)
 
 # exp(x) = 2^n * exp(r), n = round(x / ln 2), r = x - n ln 2 in [-ln2/2, ln2/2].
@@ -155,18 +157,23 @@ def writable_view(x: mx.array) -> np.ndarray | None:
 
 def softmax_numpy_(scores: mx.array) -> mx.array:
     """Softmax over the last axis computed in place in the evaluated MLX buffer (numpy's
-    SIMD exp, ~0.6 ns per element); falls back to `softmax` for a view it may not edit."""
+    SIMD exp, ~0.6 ns per element; rows split over the cores, app/models/cpu_threads.py);
+    falls back to `softmax` for a view it may not edit."""
     a = writable_view(scores)
     if a is None:
         return softmax(scores)
     rows = a.reshape(-1, a.shape[-1])
-    step = max(1, NUMPY_SOFTMAX_BLOCK // a.shape[-1])
+    run_parts(lambda r: _softmax_rows_(rows[r[0] : r[1]]), split_range(rows.shape[0]))
+    return scores
+
+
+def _softmax_rows_(rows: np.ndarray) -> None:
+    step = max(1, NUMPY_SOFTMAX_BLOCK // rows.shape[-1])
     for start in range(0, rows.shape[0], step):
         block = rows[start : start + step]
         block -= block.max(axis=-1, keepdims=True)
         np.exp(block, out=block)
         block *= np.reciprocal(block.sum(axis=-1, keepdims=True))
-    return scores
 
 
 def _masked(scores: mx.array, mask: mx.array | str | None, rows: slice, s: int,

@@ -2,11 +2,11 @@
 
 MLX's CPU backend evaluates erf/exp one scalar at a time (mx.erf ~30 ns per float32
 here) while numpy's SIMD exp takes ~0.5 ns. The encoder runs ~10M GELUs per 30 s window,
-so on the CPU they run in numpy, in place on the MLX result buffers (no copies); matmuls
-stay in MLX. numpy's own BLAS is avoided here: its thread pool spinning next to MLX's
-OpenBLAS pool doubled the CPU time. Attention, the encoder's 54M-score softmax included,
-goes through app/models/cpu_kernels.py, which hands big score blocks to numpy the same
-way. Everywhere else (Metal, CUDA) MLX's own ops are used.
+so on the CPU they run in numpy, in place on the MLX result buffers (no copies), split
+over the cores (app/models/cpu_threads.py); the encoder's matmuls stay in MLX. Attention,
+the encoder's 54M-score softmax included, goes through app/models/cpu_kernels.py, which
+hands big score blocks to numpy the same way. Decode steps run in numpy altogether
+(cpu_decoder.py). Everywhere else (Metal, CUDA) MLX's own ops are used.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ import mlx.core as mx
 import numpy as np
 
 from app.models.cpu_kernels import AS_A, AS_P, INV_SQRT2, writable_view
+from app.models.cpu_matmul import PanelMatmul
+from app.models.cpu_threads import run_parts, split_range
 
 logger = logging.getLogger(__name__)
 
@@ -36,10 +38,14 @@ def gelu_(x: mx.array) -> mx.array:
     if a is None:
         return mx.array(_gelu_np(np.asarray(x, dtype=np.float32)))
     flat = a.reshape(-1)
+    run_parts(lambda r: _gelu_blocks_(flat[r[0] : r[1]]), split_range(flat.size))
+    return x
+
+
+def _gelu_blocks_(flat: np.ndarray) -> None:
     for start in range(0, flat.size, GELU_BLOCK_FLOATS):
         block = flat[start : start + GELU_BLOCK_FLOATS]
         block[...] = _gelu_np(block)
-    return x
 
 
 def _gelu_np(a: np.ndarray) -> np.ndarray:
@@ -62,16 +68,17 @@ def _gelu_np(a: np.ndarray) -> np.ndarray:
 
 
 class Projection:
-    """Logits through a transposed copy of the tied embedding, [d, vocab] row-major.
+    """Logits through the tied embedding, stored as column panels of its transpose
+    (app/models/cpu_matmul.py): 5 beam rows by tiny.en's [384, 51864] took ~10 ms
+    through one sgemm here, ~5 ms in panels on 2 threads."""
 
-    MLX's matmul of a few rows against the [vocab, d] embedding transposed on the fly
-    ran at 8-9 ms for tiny here; against a contiguous [d, vocab] copy, 6-7 ms.
-    """
+    # beam_size and best_of default to 5; more rows take one plain matmul
+    MAX_ROWS = 5
 
     def __init__(self, embedding: mx.array) -> None:
-        self.weight_t = mx.contiguous(embedding.T)
-        mx.eval(self.weight_t)
+        self.matmul = PanelMatmul(np.asarray(embedding, dtype=np.float32).T,
+                                  max_rows=self.MAX_ROWS)
 
     def __call__(self, hidden: mx.array) -> np.ndarray:
-        logits = hidden.reshape(-1, self.weight_t.shape[0]) @ self.weight_t
-        return np.array(logits, dtype=np.float32)
+        rows = np.asarray(hidden, dtype=np.float32).reshape(-1, self.matmul.n_in)
+        return self.matmul(rows)

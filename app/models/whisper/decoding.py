@@ -15,6 +15,7 @@ import mlx.core as mx
 import numpy as np
 
 from app.models.whisper import cpu_ops
+from app.models.whisper.cpu_decoder import SelfKV
 from app.models.whisper.model import Whisper
 from app.models.whisper.tokenizer import TIME_PRECISION, WhisperTokenizer
 
@@ -26,6 +27,8 @@ MAX_INITIAL_TIMESTAMP = 1.0  # seconds: the first timestamp may not start later 
 TOP_K_MARGINS = (4.0, 8.0, 16.0, 32.0)
 
 KVCache = list[tuple[mx.array, mx.array]]
+# the MLX decoder's per-layer (K, V), or the numpy decoder's buffers (CPU)
+SelfCache = KVCache | SelfKV
 
 
 @dataclass(slots=True)
@@ -186,6 +189,9 @@ class WindowDecoder:
         self.suppress_tokens = suppress_tokens
         self.begin_suppress_tokens = begin_suppress_tokens
         self.rng = rng or np.random.default_rng(0)
+        # CPU decode steps run in numpy (cpu_decoder.py); the MLX decoder elsewhere
+        self.cpu = model.cpu_decoder() if cpu_ops.use_numpy_kernels() else None
+        self.cpu_cross = self.cpu.cross(cross_kv) if self.cpu is not None else None
 
     def initial_tokens(self, options: DecodingOptions) -> list[int]:
         n_ctx = self.model.dims.n_text_ctx
@@ -211,7 +217,7 @@ class WindowDecoder:
             options,
         )
         sot_index = initial.index(self.tokenizer.special.sot)
-        logits, cache = self._forward(mx.array([initial]), None, [sot_index, len(initial) - 1])
+        logits, cache = self._forward(np.array([initial]), None, [sot_index, len(initial) - 1])
         first = logits[0]
         no_speech_prob = float(
             np.exp(log_softmax(first[0].astype(np.float64))[self.tokenizer.special.no_speech])
@@ -234,10 +240,16 @@ class WindowDecoder:
 
     # -- model calls ----------------------------------------------------------------
     def _forward(
-        self, tokens: mx.array, cache: KVCache | None, positions: list[int] | None = None
-    ) -> tuple[np.ndarray, KVCache]:
-        """Logits [B, P, V] as float32 numpy, and the extended cache."""
-        hidden, new_cache = self.model.decoder.hidden(tokens, self.cross_kv, cache, positions)
+        self, tokens: np.ndarray, cache: SelfCache | None, positions: list[int] | None = None
+    ) -> tuple[np.ndarray, SelfCache]:
+        """Logits [B, P, V] as float32 numpy for tokens [B, T], and the extended cache."""
+        if self.cpu is not None and self.cpu_cross is not None:
+            if not isinstance(cache, SelfKV):
+                cache = self.cpu.empty_cache(tokens.shape[0])
+            return self.cpu.logits(tokens, self.cpu_cross, cache, positions), cache
+        assert not isinstance(cache, SelfKV)
+        hidden, new_cache = self.model.decoder.hidden(
+            mx.array(tokens), self.cross_kv, cache, positions)
         if cpu_ops.use_numpy_kernels():
             mx.eval(hidden, new_cache)
             logits = self.model.projection()(hidden).reshape(*hidden.shape[:2], -1)
@@ -247,15 +259,15 @@ class WindowDecoder:
             logits = np.array(out, dtype=np.float32)
         return logits, new_cache
 
-    def _step(self, tokens: list[int], cache: KVCache) -> tuple[np.ndarray, KVCache]:
-        logits, cache = self._forward(mx.array(tokens)[:, None], cache)
+    def _step(self, tokens: list[int], cache: SelfCache) -> tuple[np.ndarray, SelfCache]:
+        logits, cache = self._forward(np.array(tokens)[:, None], cache)
         return logits[:, 0], cache
 
     # -- strategies -----------------------------------------------------------------
     def _sample(
         self,
         first: np.ndarray,
-        cache: KVCache,
+        cache: SelfCache,
         rules: LogitRules,
         options: DecodingOptions,
         sample_len: int,
@@ -264,7 +276,7 @@ class WindowDecoder:
         """Greedy (n = 1, T = 0) or n independent samples at temperature T."""
         eot = self.tokenizer.eot
         if n > 1:
-            cache = [(mx.repeat(k, n, axis=0), mx.repeat(v, n, axis=0)) for k, v in cache]
+            cache = _select(cache, [0] * n)
         logits = np.repeat(first[None], n, axis=0)
         seqs: list[list[int]] = [[] for _ in range(n)]
         sum_lp = np.zeros(n, dtype=np.float64)
@@ -291,7 +303,7 @@ class WindowDecoder:
     def _beam_search(
         self,
         first: np.ndarray,
-        cache: KVCache,
+        cache: SelfCache,
         rules: LogitRules,
         options: DecodingOptions,
         sample_len: int,
@@ -328,15 +340,26 @@ class WindowDecoder:
             if len(finished) >= max_finished or not next_beams:
                 break
             beams = next_beams
-            if sources != list(range(len(cache[0][0]))):
-                index = mx.array(sources)
-                cache = [(k[index], v[index]) for k, v in cache]
+            if sources != list(range(_batch(cache))):
+                cache = _select(cache, sources)
             logits, cache = self._step([seq[-1] for seq, _ in beams], cache)
         if len(finished) < max_finished:
             for seq, score in beams:
                 finished.setdefault(tuple(seq), score)
         best = max(finished.items(), key=lambda kv: _rank(kv[1], len(kv[0]), options))
         return list(best[0]), best[1]
+
+
+def _batch(cache: SelfCache) -> int:
+    return cache.batch if isinstance(cache, SelfKV) else cache[0][0].shape[0]
+
+
+def _select(cache: SelfCache, rows: list[int]) -> SelfCache:
+    """The cache of rows `rows` (beam reordering, or one row repeated into samples)."""
+    if isinstance(cache, SelfKV):
+        return cache.select(rows)
+    index = mx.array(rows)
+    return [(k[index], v[index]) for k, v in cache]
 
 
 def _rank(sum_logprob: float, length: int, options: DecodingOptions) -> float:

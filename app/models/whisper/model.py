@@ -9,12 +9,16 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import mlx.core as mx
 import mlx.nn as nn
 
 from app.models import cpu_kernels
 from app.models.whisper import cpu_ops
+
+if TYPE_CHECKING:
+    from app.models.whisper.cpu_decoder import CpuTextDecoder
 
 logger = logging.getLogger(__name__)
 
@@ -295,6 +299,7 @@ class Whisper(nn.Module):
         self.encoder = AudioEncoder(dims)
         self.decoder = TextDecoder(dims)
         self._projection: cpu_ops.Projection | None = None
+        self._cpu_decoder: CpuTextDecoder | None = None
 
     def encode(self, mel: mx.array) -> list[tuple[mx.array, mx.array]]:
         """One window's cross-attention K/V per decoder layer; computed once, reused per token."""
@@ -317,6 +322,16 @@ class Whisper(nn.Module):
         if self._projection is None:
             self._projection = cpu_ops.Projection(self.decoder.token_embedding.weight)
         return self._projection
+
+    def cpu_decoder(self) -> CpuTextDecoder:
+        """The numpy decoder for CPU decode steps, built on first use (after
+        `prepare_for_decoding`, whose weight layout it copies)."""
+        if self._cpu_decoder is None:
+            from app.models.whisper.cpu_decoder import CpuTextDecoder
+
+            self.prepare_for_decoding()
+            self._cpu_decoder = CpuTextDecoder(self)
+        return self._cpu_decoder
 
     @property
     def is_multilingual(self) -> bool:

@@ -1,0 +1,72 @@
+"""Few-row float32 matmuls against a large weight at memory speed on the CPU.
+
+A decode step multiplies a handful of rows (beams, batched streams) by every weight, so
+it is bound by reading the weights. OpenBLAS's sgemm first copies ("packs") the whole
+weight into its blocked layout, then multiplies from that copy: for 5 rows by Whisper's
+[384, 51864] projection that ran at 7.5 GB/s here (~10 ms), while a plain single-thread
+read of memory runs at 17 GB/s. Below about a million multiply-adds per call OpenBLAS
+takes an unpacked "small matrix" kernel that reads the weight as it lies. So the weight
+is stored once as column panels narrow enough for that path, each panel is its own
+numpy matmul, and the panels are spread over app/models/cpu_threads.py's pool (numpy
+releases the GIL inside BLAS): 5.1 ms for that projection on 2 threads
+(`bench/micro_cpu_matmul.py`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from app.models.cpu_threads import run_parts, split_range
+
+# Multiply-adds per panel call: under OpenBLAS's small-matrix limit (1M on x86-64
+# AVX-512), with room for it: 2^18 measured fastest for 5 and 8 rows here.
+PANEL_MULTIPLY_ADDS = 1 << 18
+PANEL_ALIGN = 16  # floats: one AVX-512 register
+
+
+def panel_width(rows: int, n_in: int) -> int:
+    """Columns per panel for `rows` x `n_in` inputs (a multiple of PANEL_ALIGN)."""
+    width = PANEL_MULTIPLY_ADDS // max(1, rows * n_in)
+    return max(PANEL_ALIGN, width // PANEL_ALIGN * PANEL_ALIGN)
+
+
+class PanelMatmul:
+    """y = x @ weight (+ bias) for x of at most `max_rows` rows; more rows take one
+    ordinary matmul (prefill, alignment passes), which is the faster path for them.
+
+    weight: [n_in, n_out] float32 (input-major); it is copied into panels.
+    """
+
+    def __init__(self, weight: np.ndarray, bias: np.ndarray | None = None,
+                 max_rows: int = 8) -> None:
+        n_in, n_out = weight.shape
+        self.n_in, self.n_out, self.max_rows = n_in, n_out, max_rows
+        self.width = min(panel_width(max_rows, n_in), n_out)
+        n_panels = -(-n_out // self.width)
+        padded = np.zeros((n_in, n_panels * self.width), dtype=np.float32)
+        padded[:, :n_out] = weight
+        # [panel, n_in, width], each panel contiguous: the small kernel streams it in order
+        self.panels = np.ascontiguousarray(
+            padded.reshape(n_in, n_panels, self.width).transpose(1, 0, 2))
+        self.bias = None if bias is None else np.asarray(bias, dtype=np.float32)
+        self.weight = weight  # the plain matmul for many rows
+        self.ranges = split_range(n_panels)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, self.n_in)
+        if x2.shape[0] > self.max_rows:
+            y = x2 @ self.weight
+        else:
+            padded = np.empty((x2.shape[0], self.panels.shape[0] * self.width), np.float32)
+            run_parts(lambda r: self._run(x2, padded, *r), self.ranges)
+            y = padded[:, : self.n_out]
+        if self.bias is not None:
+            y = y + self.bias
+        return y.reshape(*lead, self.n_out)
+
+    def _run(self, x: np.ndarray, out: np.ndarray, lo: int, hi: int) -> None:
+        w = self.width
+        for i in range(lo, hi):
+            np.matmul(x, self.panels[i], out=out[:, i * w : (i + 1) * w])
