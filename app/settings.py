@@ -37,7 +37,8 @@ class Settings(BaseSettings):
     """max_tokens when a request and models.yaml give none; None = the rest of the context."""
     cpu_fast_kernels: bool = True
     """On the CPU, compute attention softmax and SwiGLU with a polynomial exp (~6x faster than
-    MLX's libm exp, rel. error < 1e-7); False = mlx-lm's own functions."""
+    MLX's libm exp, rel. error < 1e-7) and run Llama decode steps in numpy with panel
+    matmuls (app/models/cpu_llama.py); False = mlx-lm's own functions throughout."""
     kv_cache: bool = True
     """Keep KV caches resident between requests (prefix reuse, sessions); False = always cold."""
     kv_budget_bytes: int | None = None

@@ -33,6 +33,7 @@ from app.engine.stream import Dispatcher, RequestStream
 from app.kv.sizing import default_budget_bytes
 from app.kv.store import KVStore
 from app.models import cpu_kernels
+from app.models.cpu_llama import CpuLlamaDecoder
 from app.models.gguf import on_cpu
 from app.models.registry import ModelSpec, Registry, resolve_source
 from app.models.types import LoadedChatModel, TextTokenizer
@@ -79,10 +80,14 @@ def load_chat_model(spec: ModelSpec, settings: Settings) -> LoadedChatModel:
     if path.suffix == ".gguf":
         from app.models.gguf import load_gguf
 
-        return load_gguf(path, dtype=spec.dtype, context_length=spec.context_length)
-    from app.models.hf import load_hf
+        loaded = load_gguf(path, dtype=spec.dtype, context_length=spec.context_length)
+    else:
+        from app.models.hf import load_hf
 
-    return load_hf(path, dtype=spec.dtype, context_length=spec.context_length)
+        loaded = load_hf(path, dtype=spec.dtype, context_length=spec.context_length)
+    if settings.cpu_fast_kernels and on_cpu():
+        loaded.cpu_decoder = CpuLlamaDecoder.build(loaded.model)
+    return loaded
 
 
 class Engine:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import mlx.core as mx
+import numpy as np
 from mlx_lm.models.cache import make_prompt_cache
 
 from app.engine import forward
@@ -37,6 +38,7 @@ class ChatRunner:
                  kv: KVBridge | None = None) -> None:
         self.loaded = loaded
         self.model = loaded.model
+        self.cpu_decoder = loaded.cpu_decoder
         self.scheduler = scheduler
         self.kv = kv
         self.batch_cache: list[Any] | None = None
@@ -199,9 +201,7 @@ class ChatRunner:
             rows, prev = list(self.running), None
             if not rows:
                 return
-        inputs = prev.sample.tokens[:, None] if prev is not None else \
-            mx.array([[s.last_token] for s in rows])
-        logits = self.model(inputs, cache=self.batch_cache)[:, -1, :]
+        logits = self._step_logits(prev, rows)
         launched = _Inflight(rows, launch_sample(logits, [s.sampler for s in rows],
                                                  [s.generated for s in rows]))
         # Rows that finished and are in the batch only to feed their final token must
@@ -217,6 +217,18 @@ class ChatRunner:
         if prev is not None:
             self._collect(prev, next_launched=True)
         self._collect(launched, next_launched=False)
+
+    def _step_logits(self, prev: _Inflight | None, rows: list[Sequence]) -> mx.array:
+        """Logits [B, V] of one decode step: numpy on the CPU (app/models/cpu_llama.py)
+        where it covers the model, else the model's own forward (lazy)."""
+        assert self.batch_cache is not None
+        if self.cpu_decoder is not None and self.cpu_decoder.supports(self.batch_cache):
+            tokens = np.asarray(prev.sample.tokens) if prev is not None else \
+                np.array([s.last_token for s in rows])
+            return mx.array(self.cpu_decoder.step(tokens, self.batch_cache))
+        inputs = prev.sample.tokens[:, None] if prev is not None else \
+            mx.array([[s.last_token] for s in rows])
+        return self.model(inputs, cache=self.batch_cache)[:, -1, :]
 
     def _collect(self, inflight: _Inflight, *, next_launched: bool) -> None:
         """Read a step's tokens back and hand them to their sequences."""

@@ -47,3 +47,5 @@ class LoadedChatModel:
     fingerprint: str
     """Stable hash of weights source + dtype + chat template (KV caches are keyed by it)."""
     info: dict[str, Any] = field(default_factory=dict)
+    cpu_decoder: Any = None
+    """CpuLlamaDecoder for decode steps in numpy (CPU), or None: the model's own forward."""

@@ -1,0 +1,210 @@
+"""Decode steps of Llama-family chat models in numpy, on the CPU.
+
+A decode step multiplies a few rows (one per running stream) by every weight, so it is
+bound by reading the weights. Through MLX each matmul is an OpenBLAS sgemm that first
+packs the whole weight; with `PanelMatmul` (app/models/cpu_matmul.py) the weights are
+read once, as they lie, on every core. For SmolLM2-135M in float32 a batch-8 step took
+~54 ms this way against 80-90 ms through mlx-lm (`bench/micro_cpu_decode.py`).
+
+Prefill stays in MLX (its matmuls have hundreds of rows and run at full sgemm speed), and
+so does everything else about the cache: this module reads and writes the K/V buffers of
+mlx-lm's `BatchKVCache` in place, through numpy views of their memory, and keeps the
+cache's bookkeeping (`_idx`, `offset`) as mlx-lm would. It takes only what it can
+reproduce exactly: llama/mistral, float32 `nn.Linear` weights, plain RoPE, no sliding
+window; `build` returns None for anything else and the caller keeps the MLX path.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+from mlx_lm.models.cache import BatchKVCache
+
+from app.models.cpu_matmul import PanelMatmul
+
+logger = logging.getLogger(__name__)
+
+SUPPORTED_TYPES = ("llama", "mistral")
+MAX_ROWS = 8  # panels are sized for up to this many rows; more take plain matmuls
+MASKED = np.float32(-1e30)
+OWNED_ATTR = "_mlxd_owned"  # set on a BatchKVCache: the K/V arrays we may write into
+
+
+@dataclass(slots=True)
+class _Layer:
+    attn_norm: np.ndarray
+    qkv: PanelMatmul  # q | k | v, one read of the input
+    out: PanelMatmul
+    mlp_norm: np.ndarray
+    gate_up: PanelMatmul  # gate | up
+    down: PanelMatmul
+
+
+class CpuLlamaDecoder:
+    """One decode step for every row of a `BatchKVCache` batch, in numpy."""
+
+    def __init__(self, model: Any) -> None:
+        args = model.args
+        body = model.model
+        attn = body.layers[0].self_attn
+        self.heads, self.kv_heads = attn.n_heads, attn.n_kv_heads
+        self.head_dim = attn.head_dim
+        self.scale = np.float32(attn.scale)
+        self.eps = np.float32(args.rms_norm_eps)
+        rope = attn.rope
+        half = self.head_dim // 2
+        # nn.RoPE's frequencies: base^(-2i/d), positions scaled by rope.scale
+        self.inv_freq = (rope.base ** (-np.arange(0, half, dtype=np.float32) * 2.0
+                                       / self.head_dim)).astype(np.float32)
+        self.rope_scale = np.float32(rope.scale)
+        self.embedding = _f32(body.embed_tokens.weight)
+        self.norm = _f32(body.norm.weight)
+        self.layers = [self._layer(block) for block in body.layers]
+        head = body.embed_tokens.weight if args.tie_word_embeddings else model.lm_head.weight
+        self.head = PanelMatmul(_f32(head).T, max_rows=MAX_ROWS)
+
+    @staticmethod
+    def build(model: Any) -> CpuLlamaDecoder | None:
+        reason = _unsupported(model)
+        if reason:
+            logger.info("numpy decode steps off for this model: %s", reason)
+            return None
+        logger.info("decode steps in numpy with panel matmuls (CPU)")
+        return CpuLlamaDecoder(model)
+
+    def _layer(self, block: Any) -> _Layer:
+        a, m = block.self_attn, block.mlp
+        return _Layer(
+            attn_norm=_f32(block.input_layernorm.weight),
+            qkv=_stacked([a.q_proj, a.k_proj, a.v_proj]),
+            out=_stacked([a.o_proj]),
+            mlp_norm=_f32(block.post_attention_layernorm.weight),
+            gate_up=_stacked([m.gate_proj, m.up_proj]),
+            down=_stacked([m.down_proj]),
+        )
+
+    def supports(self, caches: list[Any]) -> bool:
+        return all(type(c) is BatchKVCache and c.keys is not None for c in caches)
+
+    def step(self, tokens: np.ndarray, caches: list[BatchKVCache]) -> np.ndarray:
+        """Logits [B, V] for one new token per row, tokens [B]; extends every cache."""
+        b = tokens.shape[0]
+        first = caches[0]
+        positions = np.asarray(first.offset).astype(np.float32) * self.rope_scale
+        valid_from = np.asarray(first.left_padding)  # row b's keys start here
+        end = first._idx + 1
+        cos, sin = self._rope_tables(positions)
+        # left padding: row b's keys before valid_from[b] are not attended to
+        mask = np.where(np.arange(end)[None, :] < valid_from[:, None], MASKED, np.float32(0))
+        mask = mask[:, None, None, :]  # [B, 1, 1, end]
+        x = self.embedding[tokens]
+        for layer, cache in zip(self.layers, caches, strict=True):
+            keys, values = _buffers(cache)
+            x = x + self._attention(layer, _rms_norm(x, layer.attn_norm, self.eps),
+                                    keys, values, end, cos, sin, mask)
+            gate_up = layer.gate_up(_rms_norm(x, layer.mlp_norm, self.eps))
+            gate, up = np.split(gate_up, 2, axis=-1)
+            x = x + layer.down(_silu(gate) * up)
+        for c in caches:
+            c._idx = end
+            c.offset = c.offset + 1
+        return self.head(_rms_norm(x, self.norm, self.eps)).reshape(b, -1)
+
+    def _attention(self, layer: _Layer, x: np.ndarray, keys: np.ndarray, values: np.ndarray,
+                   end: int, cos: np.ndarray, sin: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        b = x.shape[0]
+        h, hkv, d = self.heads, self.kv_heads, self.head_dim
+        qkv = layer.qkv(x)
+        q = _rope(qkv[:, : h * d].reshape(b, h, d), cos, sin)
+        keys[:, :, end - 1] = _rope(qkv[:, h * d : (h + hkv) * d].reshape(b, hkv, d), cos, sin)
+        values[:, :, end - 1] = qkv[:, (h + hkv) * d :].reshape(b, hkv, d)
+        # grouped queries: the rep query heads of a kv head are rows of one matmul
+        q = q.reshape(b, hkv, h // hkv, d) * self.scale
+        scores = q @ keys[:, :, :end].transpose(0, 1, 3, 2)  # [B, Hkv, rep, end]
+        scores += mask
+        scores -= scores.max(axis=-1, keepdims=True)
+        np.exp(scores, out=scores)
+        scores *= 1.0 / scores.sum(axis=-1, keepdims=True)
+        out = scores @ values[:, :, :end]  # [B, Hkv, rep, d]
+        return layer.out(out.reshape(b, h * d))
+
+    def _rope_tables(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        angles = positions[:, None] * self.inv_freq[None, :]  # [B, d/2]
+        return np.cos(angles)[:, None, :], np.sin(angles)[:, None, :]
+
+
+def _unsupported(model: Any) -> str | None:
+    args = getattr(model, "args", None)
+    body = getattr(model, "model", None)
+    if args is None or body is None or getattr(args, "model_type", None) not in SUPPORTED_TYPES:
+        return "not a llama/mistral model"
+    if getattr(body, "swa_idx", None) is not None:
+        return "sliding-window layers"
+    rope = body.layers[0].self_attn.rope
+    if type(rope) is not nn.RoPE or rope.traditional or \
+            rope.dims != body.layers[0].self_attn.head_dim:
+        return f"RoPE variant {type(rope).__name__}"
+    for name, module in model.named_modules():
+        if isinstance(module, nn.QuantizedLinear | nn.QuantizedEmbedding):
+            return f"{name} is quantized"
+        if isinstance(module, nn.Linear) and type(module) is not nn.Linear:
+            return f"{name} is {type(module).__name__}"
+        if isinstance(module, nn.Linear | nn.Embedding) and module.weight.dtype != mx.float32:
+            return f"{name} is {module.weight.dtype}"
+    return None
+
+
+def _buffers(cache: Any) -> tuple[np.ndarray, np.ndarray]:  # a BatchKVCache
+    """Writable numpy views of a layer's K/V with room for one more position.
+
+    The first time a buffer is seen (a new batch, a row joined or left, growth) it is
+    copied once into memory no other array references: MLX arrays may share a buffer (a
+    slice of a bigger array), and writing in place must reach only this cache. The
+    copies are remembered on the cache object, so they go when it goes.
+    """
+    need = cache._idx + 1
+    if need > cache.keys.shape[2]:
+        grow = -(-need // BatchKVCache.step) * BatchKVCache.step - cache._idx
+        pad = [(0, 0), (0, 0), (0, grow), (0, 0)]
+        cache.keys = mx.pad(cache.keys[..., : cache._idx, :], pad)
+        cache.values = mx.pad(cache.values[..., : cache._idx, :], pad)
+    owned = getattr(cache, OWNED_ATTR, None)
+    if owned is None or owned[0] is not cache.keys or owned[1] is not cache.values:
+        cache.keys = mx.array(np.array(cache.keys, dtype=np.float32))
+        cache.values = mx.array(np.array(cache.values, dtype=np.float32))
+        mx.eval(cache.keys, cache.values)
+        setattr(cache, OWNED_ATTR, (cache.keys, cache.values))
+    return np.asarray(cache.keys), np.asarray(cache.values)
+
+
+def _f32(a: mx.array) -> np.ndarray:
+    return np.asarray(a, dtype=np.float32)
+
+
+def _stacked(linears: list[nn.Linear]) -> PanelMatmul:
+    """Several projections of one input as one [in, sum(out)] matmul."""
+    weight = np.concatenate([_f32(m.weight) for m in linears], axis=0).T
+    biases = [_f32(m.bias) for m in linears if "bias" in m]
+    bias = np.concatenate(biases) if len(biases) == len(linears) else None
+    return PanelMatmul(weight, bias, max_rows=MAX_ROWS)
+
+
+def _rms_norm(x: np.ndarray, weight: np.ndarray, eps: np.float32) -> np.ndarray:
+    return x * (1.0 / np.sqrt(np.square(x).mean(axis=-1, keepdims=True) + eps)) * weight
+
+
+def _rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
+    """Rotate x [B, H, d] by half-split pairs (nn.RoPE, traditional=False)."""
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    return np.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+
+
+def _silu(x: np.ndarray) -> np.ndarray:
+    with np.errstate(over="ignore"):  # exp(-x) -> inf for x < -88: silu -> -0, as in MLX
+        return x / (1.0 + np.exp(-x))
