@@ -3,8 +3,8 @@
 A decode step multiplies a few rows (one per running stream) by every weight, so it is
 bound by reading the weights. Through MLX each matmul is an OpenBLAS sgemm that first
 packs the whole weight; with `PanelMatmul` (app/models/cpu_matmul.py) the weights are
-read once, as they lie, on every core. For SmolLM2-135M in float32 a batch-8 step took
-~54 ms this way against 80-90 ms through mlx-lm (`bench/micro_cpu_decode.py`).
+read once, as they lie. For SmolLM2-135M in float32 a batch-8 step took ~48 ms this way
+against 80-110 ms through mlx-lm, one row ~40 ms against ~60 (`bench/micro_cpu_decode.py`).
 
 Prefill stays in MLX (its matmuls have hundreds of rows and run at full sgemm speed), and
 so does everything else about the cache: this module reads and writes the K/V buffers of
@@ -91,11 +91,19 @@ class CpuLlamaDecoder:
     def supports(self, caches: list[Any]) -> bool:
         return all(type(c) is BatchKVCache and c.keys is not None for c in caches)
 
+    @staticmethod
+    def release(caches: list[Any]) -> None:
+        """Forget the buffers this decoder wrote into (the MLX forward takes over and
+        replaces them; holding on would keep a second copy of the cache alive)."""
+        for c in caches:
+            c.__dict__.pop(OWNED_ATTR, None)
+
     def step(self, tokens: np.ndarray, caches: list[BatchKVCache]) -> np.ndarray:
         """Logits [B, V] for one new token per row, tokens [B]; extends every cache."""
         b = tokens.shape[0]
         first = caches[0]
-        positions = np.asarray(first.offset).astype(np.float32) * self.rope_scale
+        offset = np.asarray(first.offset)  # per row: position of the new token
+        positions = offset.astype(np.float32) * self.rope_scale
         valid_from = np.asarray(first.left_padding)  # row b's keys start here
         end = first._idx + 1
         cos, sin = self._rope_tables(positions)
@@ -110,9 +118,10 @@ class CpuLlamaDecoder:
             gate_up = layer.gate_up(_rms_norm(x, layer.mlp_norm, self.eps))
             gate, up = np.split(gate_up, 2, axis=-1)
             x = x + layer.down(_silu(gate) * up)
+        next_offset = mx.array(offset + 1)  # one evaluated array, not a growing lazy chain
         for c in caches:
             c._idx = end
-            c.offset = c.offset + 1
+            c.offset = next_offset
         return self.head(_rms_norm(x, self.norm, self.eps)).reshape(b, -1)
 
     def _attention(self, layer: _Layer, x: np.ndarray, keys: np.ndarray, values: np.ndarray,

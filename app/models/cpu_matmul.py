@@ -6,10 +6,10 @@ weight into its blocked layout, then multiplies from that copy: for 5 rows by Wh
 [384, 51864] projection that ran at 7.5 GB/s here (~10 ms), while a plain single-thread
 read of memory runs at 17 GB/s. Below about a million multiply-adds per call OpenBLAS
 takes an unpacked "small matrix" kernel that reads the weight as it lies. So the weight
-is stored once as column panels narrow enough for that path, each panel is its own
-numpy matmul, and the panels are spread over app/models/cpu_threads.py's pool (numpy
-releases the GIL inside BLAS): 5.1 ms for that projection on 2 threads
-(`bench/micro_cpu_decode.py`).
+is stored once as column panels narrow enough for that path, and one stacked numpy
+matmul runs them all (numpy loops over the panels in C, with the GIL released). For that
+projection: 3.3 ms, with the panels split over two threads (app/models/cpu_threads.py)
+since the weight is large (`bench/micro_cpu_decode.py`).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from app.models.cpu_threads import run_parts, split_range
 # 1-8 rows and 384-1536 inputs, against 6-10 GB/s at widths 16, 48, 96 or 128.
 SMALL_KERNEL_MULTIPLY_ADDS = 1 << 20
 PANEL_WIDTHS = (64, 32, 16)
+PARALLEL_MIN_BYTES = 16 << 20  # see PanelMatmul.__init__
 
 
 def panel_width(rows: int, n_in: int) -> int:
@@ -53,23 +54,26 @@ class PanelMatmul:
             padded.reshape(n_in, n_panels, self.width).transpose(1, 0, 2))
         self.bias = None if bias is None else np.asarray(bias, dtype=np.float32)
         self.weight = weight  # the plain matmul for many rows
-        self.ranges = split_range(n_panels)
+        # One core reads a layer's weights about as fast as the memory delivers them;
+        # splitting them over threads cost more in hand-offs than it gained (SmolLM2
+        # batch-8 step: 48 ms with only the 113 MB vocabulary projection split, 52-54 ms
+        # with every weight over 1-4 MB split).
+        big = self.panels.nbytes >= PARALLEL_MIN_BYTES
+        self.ranges = split_range(n_panels) if big else [(0, n_panels)]
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(x, dtype=np.float32)
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.n_in)
-        if x2.shape[0] > self.max_rows:
+        rows = x2.shape[0]
+        if rows > self.max_rows:
             y = x2 @ self.weight
         else:
-            padded = np.empty((x2.shape[0], self.panels.shape[0] * self.width), np.float32)
-            run_parts(lambda r: self._run(x2, padded, *r), self.ranges)
-            y = padded[:, : self.n_out]
+            # one stacked matmul per thread: numpy loops over the panels in C, GIL released
+            out = np.empty((self.panels.shape[0], rows, self.width), np.float32)
+            run_parts(lambda r: np.matmul(x2, self.panels[r[0] : r[1]], out=out[r[0] : r[1]]),
+                      self.ranges)
+            y = out.transpose(1, 0, 2).reshape(rows, -1)[:, : self.n_out]
         if self.bias is not None:
             y = y + self.bias
         return y.reshape(*lead, self.n_out)
-
-    def _run(self, x: np.ndarray, out: np.ndarray, lo: int, hi: int) -> None:
-        w = self.width
-        for i in range(lo, hi):
-            np.matmul(x, self.panels[i], out=out[:, i * w : (i + 1) * w])
