@@ -64,7 +64,7 @@ def _matmul_pair(rows: int, n_in: int, n_out: int, rng: np.random.Generator) -> 
 def matmul_cases() -> dict[str, Pair]:
     rng = np.random.default_rng(0)
     return {name: _matmul_pair(rows, n_in, n_out, rng)
-            for name, rows, n_in, n_out in [("SmolLM2 gate|up, 8 rows", 8, 576, 3072),
+            for name, rows, n_in, n_out in [("SmolLM2 gate+up, 8 rows", 8, 576, 3072),
                                             ("SmolLM2 vocab, 8 rows", 8, 576, 49152),
                                             ("tiny.en vocab, 5 beams", 5, 384, 51864)]}
 

@@ -26,9 +26,9 @@ def workers() -> int:
     return max(1, min(len(os.sched_getaffinity(0)), MAX_WORKERS))
 
 
-def run_parts(fn: Callable[[T], None], parts: Sequence[T]) -> None:
-    """fn(part) for every part, the first on the calling thread and the rest on the pool;
-    returns when all are done (re-raising the first error)."""
+def run_parts(fn: Callable[[T], object], parts: Sequence[T]) -> None:
+    """fn(part) for every part (results dropped), the first on the calling thread and the
+    rest on the pool; returns when all are done (re-raising the first error)."""
     if len(parts) == 1:
         fn(parts[0])
         return
