@@ -9,6 +9,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 import pytest
+from mlx.utils import tree_flatten
 from mlx_lm.models.cache import BatchKVCache, make_prompt_cache
 
 from app.models.cpu_llama import CpuLlamaDecoder
@@ -97,3 +98,9 @@ def test_models_it_cannot_reproduce_keep_the_mlx_path(tmp_path: Path) -> None:
     for layer in traditional.model.layers:
         layer.self_attn.rope.traditional = True
     assert CpuLlamaDecoder.build(traditional) is None
+
+
+def test_no_panel_copy_without_the_memory_for_it(model: Any) -> None:
+    weights = sum(v.nbytes for _, v in tree_flatten(model.parameters()))
+    assert CpuLlamaDecoder.build(model, available=2 * weights) is None
+    assert CpuLlamaDecoder.build(model, available=8 * weights) is not None

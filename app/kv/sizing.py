@@ -35,7 +35,7 @@ def kv_nbytes(layers: Iterable[tuple[Any, Any]]) -> int:
     return sum(int(k.nbytes) + int(v.nbytes) for k, v in layers)
 
 
-def _meminfo_available() -> int | None:
+def meminfo_available() -> int | None:
     """MemAvailable from /proc/meminfo (Linux): free + reclaimable page cache."""
     try:
         for line in MEMINFO.read_text().splitlines():
@@ -73,7 +73,7 @@ def default_budget_bytes(fraction: float = DEFAULT_BUDGET_FRACTION) -> int:
     free = _device_free_memory()
     source = "device"
     if free is None:
-        free = _meminfo_available()
+        free = meminfo_available()
         source = "MemAvailable"
     if free is None:
         logger.warning("cannot read free memory; KV budget falls back to %d bytes",
