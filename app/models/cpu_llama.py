@@ -132,8 +132,8 @@ class CpuLlamaDecoder:
             x = x + self._attention(layer, _rms_norm(x, layer.attn_norm, self.eps),
                                     keys, values, end, cos, sin, mask)
             gate_up = layer.gate_up(_rms_norm(x, layer.mlp_norm, self.eps))
-            gate, up = np.split(gate_up, 2, axis=-1)
-            x = x + layer.down(_silu(gate) * up)
+            half = gate_up.shape[-1] // 2
+            x = x + layer.down(_silu(gate_up[:, :half]) * gate_up[:, half:])
         next_offset = mx.array(offset + 1)  # one evaluated array, not a growing lazy chain
         for c in caches:
             c._idx = end
@@ -145,11 +145,11 @@ class CpuLlamaDecoder:
         b = x.shape[0]
         h, hkv, d = self.heads, self.kv_heads, self.head_dim
         qkv = layer.qkv(x)
-        q = _rope(qkv[:, : h * d].reshape(b, h, d), cos, sin)
-        keys[:, :, end - 1] = _rope(qkv[:, h * d : (h + hkv) * d].reshape(b, hkv, d), cos, sin)
+        qk = _rope(qkv[:, : (h + hkv) * d].reshape(b, h + hkv, d), cos, sin)
+        keys[:, :, end - 1] = qk[:, h:]
         values[:, :, end - 1] = qkv[:, (h + hkv) * d :].reshape(b, hkv, d)
         # grouped queries: the rep query heads of a kv head are rows of one matmul
-        q = q.reshape(b, hkv, h // hkv, d) * self.scale
+        q = qk[:, :h].reshape(b, hkv, h // hkv, d) * self.scale
         scores = q @ keys[:, :, :end].transpose(0, 1, 3, 2)  # [B, Hkv, rep, end]
         scores += mask
         scores -= scores.max(axis=-1, keepdims=True)
