@@ -241,6 +241,8 @@ class StreamResult:
     cached_tokens: int | None = None
     headers: dict[str, str] = field(default_factory=dict)
     timed_out: bool = False
+    stamps: list[float] = field(default_factory=list)
+    """Arrival time of every content chunk."""
 
     @property
     def ttft(self) -> float | None:
@@ -298,6 +300,7 @@ async def _consume(client: httpx.AsyncClient, base_url: str, body: dict[str, Any
                 if content:
                     res.chunks += 1
                     res.text += content
+                    res.stamps.append(now)
                     if res.t_first is None:
                         res.t_first = now
                 if choice.get("finish_reason"):

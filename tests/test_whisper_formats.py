@@ -203,3 +203,25 @@ def test_word_timestamps(bundle: Any, clips: list[np.ndarray]) -> None:
     data = json.loads(render(result, "verbose_json", ["word", "segment"])[0])
     assert len(data["words"]) == len(words) and set(data["words"][0]) == {"word", "start", "end"}
     assert "segments" not in json.loads(render(result, "verbose_json", ["word"])[0])
+
+
+def test_sliced_steps_give_the_same_transcript(bundle: Any, clips: list[np.ndarray]) -> None:
+    """With a time budget a window is worked on over several step() calls (the engine
+    runs chat steps in between); the transcript is the same as window by window."""
+    from app.models.whisper import TranscriptionJob
+
+    audio = np.concatenate([clips[0], clips[1]])
+    whole = TranscriptionJob(bundle, audio, TranscribeOptions())
+    whole_segments = []
+    while not whole.done:
+        whole_segments += whole.step()
+    sliced = TranscriptionJob(bundle, audio, TranscribeOptions())
+    calls, empty, segments = 0, 0, []
+    while not sliced.done:
+        got = sliced.step(budget_s=0.0)  # stop at every yield point
+        calls += 1
+        empty += not got
+        segments += got
+    assert [s.text for s in segments] == [s.text for s in whole_segments]
+    assert sliced.windows == whole.windows
+    assert calls > 10 * sliced.windows and empty >= calls - sliced.windows

@@ -1,8 +1,11 @@
-"""Transcription jobs on the engine thread, one 30 s window at a time.
+"""Transcription jobs on the engine thread, taking turns with chat steps.
 
-Each engine loop iteration runs at most one window (round-robin over jobs) between
-chat steps, so a transcription never holds chat streams up for more than one
-window's compute.
+Each engine loop iteration gives the job at the head of the queue (round-robin) one
+slice: while chat streams are running, about SLICE_SECONDS of its window (it stops
+after the encoder pass or a decoder step once the time is up), so chat and speech share
+the engine about evenly; with no chat running, the rest of its window in one go.
+A transcription never holds chat streams up for more than one encoder pass or
+SLICE_SECONDS of decoding.
 """
 
 from __future__ import annotations
@@ -16,6 +19,9 @@ from app.engine.request import Failed, TranscriptDone, TranscriptSegments, next_
 from app.engine.stream import RequestStream
 
 logger = logging.getLogger(__name__)
+
+# About one batched chat decode step on the CPU (~40 ms for SmolLM2): equal turns.
+SLICE_SECONDS = 0.05
 
 
 @dataclass(slots=True, eq=False)
@@ -45,8 +51,9 @@ class AsrQueue:
                 return True
         return False
 
-    def step(self) -> None:
-        """Run one window of the job at the head of the queue, then rotate it to the back."""
+    def step(self, chat_waiting: bool = False) -> None:
+        """Run one slice of the job at the head of the queue (a whole window unless chat
+        streams are waiting), then rotate it to the back."""
         while self._tasks and self._tasks[0].aborted:
             dropped = self._tasks.popleft()
             logger.info("transcription %d aborted", dropped.id)
@@ -54,7 +61,7 @@ class AsrQueue:
             return
         task = self._tasks.popleft()
         try:
-            segments = task.job.step()
+            segments = task.job.step(SLICE_SECONDS if chat_waiting else None)
             if segments:
                 task.stream.put_threadsafe(TranscriptSegments(segments))
             if task.job.done:

@@ -200,11 +200,13 @@ class Engine:
         while not self._stopping:
             try:
                 self._drain(block=not self._has_work())
+                chat_waiting = False
                 for runner in list(self._runners.values()):
                     if runner.has_work:
                         runner.step()
+                        chat_waiting = chat_waiting or runner.has_work
                 if self._asr.has_work:
-                    self._asr.step()
+                    self._asr.step(chat_waiting)
                 elif self.settings.model_idle_ttl_seconds is not None:
                     self._unload_idle(self.settings.model_idle_ttl_seconds)
             except Exception:  # the engine thread must survive anything one step does

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import logging
 import zlib
+from collections.abc import Generator
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import mlx.core as mx
 import numpy as np
@@ -27,6 +29,9 @@ MAX_INITIAL_TIMESTAMP = 1.0  # seconds: the first timestamp may not start later 
 TOP_K_MARGINS = (4.0, 8.0, 16.0, 32.0)
 
 KVCache = list[tuple[mx.array, mx.array]]
+R = TypeVar("R")
+# Work split at the engine's yield points (a decoder step, an encoder pass), returning R.
+Steps = Generator[None, None, R]
 # the MLX decoder's per-layer (K, V), or the numpy decoder's buffers (CPU)
 SelfCache = KVCache | SelfKV
 
@@ -60,6 +65,15 @@ class DecodeResult:
     no_speech_prob: float
     temperature: float
     compression_ratio: float
+
+
+def run_to_end(steps: Steps[R]) -> R:
+    """Drive a step generator to its end in one go; its return value."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
 
 
 def compression_ratio(text: str) -> float:
@@ -205,6 +219,11 @@ class WindowDecoder:
         return tokens
 
     def decode(self, options: DecodingOptions) -> DecodeResult:
+        return run_to_end(self.decode_steps(options))
+
+    def decode_steps(self, options: DecodingOptions) -> Steps[DecodeResult]:
+        """`decode` as a generator that yields after every decoder step, so the engine
+        can run chat steps in between; returns the result."""
         initial = self.initial_tokens(options)
         n_ctx = self.model.dims.n_text_ctx
         sample_len = options.sample_len or n_ctx // 2
@@ -223,10 +242,12 @@ class WindowDecoder:
             np.exp(log_softmax(first[0].astype(np.float64))[self.tokenizer.special.no_speech])
         )
         if options.temperature == 0 and options.beam_size > 1:
-            tokens, sum_lp = self._beam_search(first[1], cache, rules, options, sample_len)
+            tokens, sum_lp = yield from self._beam_search(
+                first[1], cache, rules, options, sample_len)
         else:
             n = 1 if options.temperature == 0 else max(1, options.best_of)
-            tokens, sum_lp = self._sample(first[1], cache, rules, options, sample_len, n)
+            tokens, sum_lp = yield from self._sample(
+                first[1], cache, rules, options, sample_len, n)
         text = self.tokenizer.decode(tokens)
         return DecodeResult(
             tokens=tokens,
@@ -272,7 +293,7 @@ class WindowDecoder:
         options: DecodingOptions,
         sample_len: int,
         n: int,
-    ) -> tuple[list[int], float]:
+    ) -> Steps[tuple[list[int], float]]:
         """Greedy (n = 1, T = 0) or n independent samples at temperature T."""
         eot = self.tokenizer.eot
         if n > 1:
@@ -297,6 +318,7 @@ class WindowDecoder:
             if done.all():
                 break
             logits, cache = self._step([int(t) for t in picks], cache)
+            yield
         best = max(range(n), key=lambda i: _rank(float(sum_lp[i]), len(seqs[i]), options))
         return seqs[best], float(sum_lp[best])
 
@@ -307,7 +329,7 @@ class WindowDecoder:
         rules: LogitRules,
         options: DecodingOptions,
         sample_len: int,
-    ) -> tuple[list[int], float]:
+    ) -> Steps[tuple[list[int], float]]:
         eot = self.tokenizer.eot
         width = options.beam_size
         max_finished = max(1, round(width * options.patience))
@@ -343,6 +365,7 @@ class WindowDecoder:
             if sources != list(range(_batch(cache))):
                 cache = _select(cache, sources)
             logits, cache = self._step([seq[-1] for seq, _ in beams], cache)
+            yield
         if len(finished) < max_finished:
             for seq, score in beams:
                 finished.setdefault(tuple(seq), score)

@@ -24,6 +24,7 @@ from app.audio.transcript import (
 from app.models.whisper.decoding import (
     DecodeResult,
     DecodingOptions,
+    Steps,
     WindowDecoder,
     detect_language,
 )
@@ -69,6 +70,7 @@ class TranscriptionJob:
         self.rng = np.random.default_rng(options.seed)
         self.windows = 0
         self.compute_seconds = 0.0
+        self._window: Steps[list[Segment]] | None = None  # the window in progress
 
     def _resolve_language(self, language: str | None) -> str | None:
         if language is None:
@@ -86,13 +88,31 @@ class TranscriptionJob:
 
     @property
     def done(self) -> bool:
-        return self.seek >= self.content_frames
+        return self.seek >= self.content_frames and self._window is None
 
-    def step(self) -> list[Segment]:
-        """Process the next 30 s window; returns the segments it completed (maybe none)."""
-        if self.done:
-            return []
+    def step(self, budget_s: float | None = None) -> list[Segment]:
+        """Work on the next 30 s window: to its end, or with `budget_s` until that much
+        time has passed (checked after the encoder pass and after every decoder step, so
+        chat steps can run in between). Returns the segments a finished window
+        completed (maybe none)."""
+        if self._window is None:
+            if self.done:
+                return []
+            self._window = self._next_window()
         started = time.perf_counter()
+        deadline = None if budget_s is None else started + budget_s
+        try:
+            while True:
+                next(self._window)
+                if deadline is not None and time.perf_counter() >= deadline:
+                    return []
+        except StopIteration as stop:
+            self._window = None
+            return stop.value  # type: ignore[no-any-return]
+        finally:
+            self.compute_seconds += time.perf_counter() - started
+
+    def _next_window(self) -> Steps[list[Segment]]:
         model = self.bundle.model
         seek = self.seek
         segment_size = min(N_FRAMES, self.content_frames - seek)
@@ -104,6 +124,7 @@ class TranscriptionJob:
         window[:, :segment_size] = self.mel[:, seek : seek + segment_size]
         cross_kv = model.encode(mx.array(window[None]))
         mx.eval(cross_kv)
+        yield
         if self.language is None:
             self.language, _ = detect_language(model, self.tokenizer, cross_kv)
             logger.info("detected language %s", self.language)
@@ -116,7 +137,7 @@ class TranscriptionJob:
             self.bundle.begin_suppress_tokens,
             self.rng,
         )
-        result = self._decode_with_fallback(decoder)
+        result = yield from self._decode_with_fallback(decoder)
         new_segments = self._consume(result, seek, segment_size)
         if self.options.word_timestamps and new_segments:
             from app.models.whisper.alignment import add_word_timestamps
@@ -127,7 +148,6 @@ class TranscriptionJob:
                 seek / FRAMES_PER_SECOND, window_end,
             )  # fmt: skip
         self.windows += 1
-        self.compute_seconds += time.perf_counter() - started
         return new_segments
 
     def result(self) -> TranscriptionResult:
@@ -147,12 +167,12 @@ class TranscriptionJob:
         return self.result()
 
     # -- internals --------------------------------------------------------------------
-    def _decode_with_fallback(self, decoder: WindowDecoder) -> DecodeResult:
+    def _decode_with_fallback(self, decoder: WindowDecoder) -> Steps[DecodeResult]:
         opts = self.options
         prompt = self.all_tokens[self.prompt_reset_since :]
         results: list[DecodeResult] = []
         for temperature in opts.temperatures():
-            result = decoder.decode(
+            result = yield from decoder.decode_steps(
                 DecodingOptions(
                     temperature=temperature,
                     beam_size=opts.beam_size,
