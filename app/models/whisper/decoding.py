@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import logging
 import zlib
-from collections.abc import Generator
 from dataclasses import dataclass, field
-from typing import TypeVar
 
 import mlx.core as mx
 import numpy as np
@@ -19,6 +17,7 @@ import numpy as np
 from app.models.whisper import cpu_ops
 from app.models.whisper.cpu_decoder import SelfKV
 from app.models.whisper.model import Whisper
+from app.models.whisper.steps import Steps, run_to_end
 from app.models.whisper.tokenizer import TIME_PRECISION, WhisperTokenizer
 
 logger = logging.getLogger(__name__)
@@ -29,9 +28,6 @@ MAX_INITIAL_TIMESTAMP = 1.0  # seconds: the first timestamp may not start later 
 TOP_K_MARGINS = (4.0, 8.0, 16.0, 32.0)
 
 KVCache = list[tuple[mx.array, mx.array]]
-R = TypeVar("R")
-# Work split at the engine's yield points (a decoder step, an encoder pass), returning R.
-Steps = Generator[None, None, R]
 # the MLX decoder's per-layer (K, V), or the numpy decoder's buffers (CPU)
 SelfCache = KVCache | SelfKV
 
@@ -65,15 +61,6 @@ class DecodeResult:
     no_speech_prob: float
     temperature: float
     compression_ratio: float
-
-
-def run_to_end(steps: Steps[R]) -> R:
-    """Drive a step generator to its end in one go; its return value."""
-    while True:
-        try:
-            next(steps)
-        except StopIteration as stop:
-            return stop.value  # type: ignore[no-any-return]
 
 
 def compression_ratio(text: str) -> float:

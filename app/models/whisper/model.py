@@ -16,6 +16,7 @@ import mlx.nn as nn
 
 from app.models import cpu_kernels
 from app.models.whisper import cpu_ops
+from app.models.whisper.steps import Steps, run_to_end
 
 if TYPE_CHECKING:
     from app.models.whisper.cpu_decoder import CpuTextDecoder
@@ -220,11 +221,19 @@ class AudioEncoder(nn.Module):
 
     def __call__(self, mel: mx.array) -> mx.array:
         """mel [B, n_mels, frames] -> audio features [B, frames // 2, n_audio_state]."""
+        return run_to_end(self.steps(mel))
+
+    def steps(self, mel: mx.array) -> Steps[mx.array]:
+        """`__call__`, evaluated and paused after the convolutions and each block."""
         x = gelu(self.conv1(mel.transpose(0, 2, 1)))
         x = gelu(self.conv2(x))
         x = x + self.positions[: x.shape[1]]
+        mx.eval(x)
+        yield
         for block in self.blocks:
             x = block(x)
+            mx.eval(x)
+            yield
         return self.ln_post(x)
 
 
@@ -305,6 +314,14 @@ class Whisper(nn.Module):
         """One window's cross-attention K/V per decoder layer; computed once, reused per token."""
         audio = self.encoder(mel)
         return [block.cross.project_kv(audio) for block in self.decoder.blocks]
+
+    def encode_steps(self, mel: mx.array) -> Steps[list[tuple[mx.array, mx.array]]]:
+        """`encode`, evaluated and paused layer by layer (the engine's chat steps run in
+        between)."""
+        audio = yield from self.encoder.steps(mel)
+        cross_kv = [block.cross.project_kv(audio) for block in self.decoder.blocks]
+        mx.eval(cross_kv)
+        return cross_kv
 
     def prepare_for_decoding(self) -> None:
         """Store the decoder's weights in the layout few-row matmuls run fastest in (CPU).

@@ -24,11 +24,11 @@ from app.audio.transcript import (
 from app.models.whisper.decoding import (
     DecodeResult,
     DecodingOptions,
-    Steps,
     WindowDecoder,
     detect_language,
 )
 from app.models.whisper.load import WhisperBundle
+from app.models.whisper.steps import Steps
 from app.models.whisper.tokenizer import TIME_PRECISION
 
 logger = logging.getLogger(__name__)
@@ -122,9 +122,7 @@ class TranscriptionJob:
             return []
         window = np.zeros((self.mel.shape[0], N_FRAMES), dtype=np.float32)
         window[:, :segment_size] = self.mel[:, seek : seek + segment_size]
-        cross_kv = model.encode(mx.array(window[None]))
-        mx.eval(cross_kv)
-        yield
+        cross_kv = yield from model.encode_steps(mx.array(window[None]))
         if self.language is None:
             self.language, _ = detect_language(model, self.tokenizer, cross_kv)
             logger.info("detected language %s", self.language)
