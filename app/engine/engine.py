@@ -35,7 +35,7 @@ from app.kv.store import KVStore
 from app.models import cpu_kernels
 from app.models.cpu_llama import CpuLlamaDecoder
 from app.models.gguf import on_cpu
-from app.models.registry import ModelSpec, Registry, resolve_source
+from app.models.registry import ModelSpec, Registry, resolve_parts, resolve_source
 from app.models.types import LoadedChatModel, TextTokenizer
 from app.settings import Settings
 from app.text.detokenize import IncrementalDetokenizer
@@ -294,7 +294,8 @@ class Engine:
         from app.models.whisper import load_whisper
 
         t0 = time.perf_counter()
-        bundle = load_whisper(resolve_source(spec, offline=self.settings.hf_offline))
+        bundle = load_whisper(resolve_source(spec, offline=self.settings.hf_offline),
+                              parts=resolve_parts(spec))
         handle = TranscriptionModelHandle(spec, bundle, bool(bundle.is_multilingual))
         self._asr_models[spec.id] = handle
         self._last_used[spec.id] = time.monotonic()

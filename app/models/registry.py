@@ -29,6 +29,9 @@ class ModelSource:
     package: str | None = None
     path: str | None = None
     hf: str | None = None
+    parts: list[str] = field(default_factory=list)
+    """Further pieces of a model file split across packages (`package/file` or a path),
+    in order after the folder's own first piece (Whisper base's model.bin.part1 + part2)."""
 
     def describe(self) -> str:
         if self.package:
@@ -91,9 +94,27 @@ def _hf_fetch(model_id: str, ref: str, offline: bool) -> Path:
         raise SourceUnavailable(f"model {model_id!r}: cannot fetch {ref!r}: {exc}") from exc
 
 
+def resolve_parts(spec: ModelSpec) -> list[Path]:
+    """Local paths of the source's further file pieces (`parts`), in order."""
+    paths = []
+    for ref in spec.source.parts:
+        path = _part_path(ref)
+        if path is None or not path.exists():
+            raise SourceUnavailable(f"model {spec.id!r}: part {ref!r} not installed")
+        paths.append(path)
+    return paths
+
+
+def _part_path(ref: str) -> Path | None:
+    path = Path(ref).expanduser()
+    return path if path.is_absolute() else _package_path(ref)
+
+
 def source_available(spec: ModelSpec) -> bool:
     """Cheap check used to list models: package/path present (Hub sources assumed fetchable)."""
     src = spec.source
+    if any((p := _part_path(ref)) is None or not p.exists() for ref in src.parts):
+        return False
     if src.package:
         p = _package_path(src.package)
         return p is not None and p.exists()
@@ -153,7 +174,8 @@ def _parse_spec(entry: Any, index: int) -> ModelSpec:
     return ModelSpec(
         id=str(entry["id"]),
         kind=kind,
-        source=ModelSource(src.get("package"), src.get("path"), src.get("hf")),
+        source=ModelSource(src.get("package"), src.get("path"), src.get("hf"),
+                           [str(p) for p in src.get("parts") or []]),
         aliases=[str(a) for a in entry.get("aliases") or []],
         context_length=entry.get("context_length"),
         defaults=dict(entry.get("defaults") or {}),

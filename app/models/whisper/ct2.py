@@ -20,6 +20,7 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 MODEL_FILE = "model.bin"
+FIRST_PART = "model.bin.part1"  # a model.bin split in pieces (packages have size limits)
 MAX_BINARY_VERSION = 6  # newest layout this reader knows; newer files are refused
 # CTranslate2's DataType enum, in order.
 DTYPES: dict[int, np.dtype[Any]] = {
@@ -83,10 +84,21 @@ class _Reader:
         return bytes(self.take(length)).rstrip(b"\0").decode("utf-8")
 
 
-def read_ct2(path: str | Path) -> CT2Model:
-    """Parse `path` (a model.bin or the folder holding one); arrays are copies in RAM."""
+def is_ct2_folder(folder: Path) -> bool:
+    return (folder / MODEL_FILE).exists() or (folder / FIRST_PART).exists()
+
+
+def read_ct2(path: str | Path, parts: list[Path] | None = None) -> CT2Model:
+    """Parse `path` (a model.bin or the folder holding one); arrays are copies in RAM.
+
+    A folder with `model.bin.part1` instead is read as that file followed by `parts`
+    (the further pieces, in order), joined in memory.
+    """
     path = Path(path)
     if path.is_dir():
+        if not (path / MODEL_FILE).exists() and (path / FIRST_PART).exists():
+            pieces = [path / FIRST_PART, *(parts or [])]
+            return parse_ct2(b"".join(p.read_bytes() for p in pieces))
         path = path / MODEL_FILE
     with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
         view = memoryview(mm)

@@ -50,8 +50,13 @@ def default_dtype() -> mx.Dtype:
     return mx.float32 if mx.default_device() == mx.cpu else mx.float16
 
 
-def load_whisper(path: str | Path, dtype: mx.Dtype | None = None) -> WhisperBundle:
-    """Load a Whisper folder: CTranslate2 (model.bin) or Hugging Face (safetensors/npz)."""
+def load_whisper(path: str | Path, dtype: mx.Dtype | None = None,
+                 parts: list[Path] | None = None) -> WhisperBundle:
+    """Load a Whisper folder: CTranslate2 (model.bin) or Hugging Face (safetensors/npz).
+
+    `parts`: the further pieces of a CTranslate2 model.bin split as model.bin.part1 (in
+    this folder), part2, ... (see ct2.read_ct2).
+    """
     folder = Path(path).expanduser()
     if folder.is_file():
         folder = folder.parent
@@ -59,9 +64,9 @@ def load_whisper(path: str | Path, dtype: mx.Dtype | None = None) -> WhisperBund
         raise FileNotFoundError(f"Whisper model folder not found: {folder}")
     dtype = dtype or default_dtype()
     extra: dict[str, Any] = {}
-    if (folder / ct2.MODEL_FILE).exists():
+    if ct2.is_ct2_folder(folder):
         fmt = "ct2"
-        dims_dict, np_weights = ct2.whisper_weights(ct2.read_ct2(folder))
+        dims_dict, np_weights = ct2.whisper_weights(ct2.read_ct2(folder, parts))
         weights = {k: mx.array(np.asarray(v, dtype=np.float32)) for k, v in np_weights.items()}
         del np_weights
         if (folder / "config.json").exists():
@@ -106,7 +111,8 @@ def _fingerprint(folder: Path, fmt: str, dtype: mx.Dtype) -> str:
     # size + mtime of each weight file: cheap, and changes whenever the weights do
     h = hashlib.sha256(f"whisper|{folder.resolve()}|{fmt}|{dtype}".encode())
     for f in sorted(folder.iterdir()):
-        if f.is_file() and f.suffix in (".bin", ".safetensors", ".npz", ".json"):
+        if f.is_file() and (f.suffix in (".bin", ".safetensors", ".npz", ".json")
+                            or f.name.startswith(ct2.MODEL_FILE)):
             st = f.stat()
             h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
     return h.hexdigest()[:16]
