@@ -16,6 +16,9 @@ from app.models.cpu_llama import CpuLlamaDecoder
 from app.models.hf import load_hf
 from tests.tiny_model import build_tiny_llama
 
+pytestmark = pytest.mark.skipif(mx.default_device() != mx.cpu,
+                                reason="numpy decode steps run on the CPU only")
+
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory: pytest.TempPathFactory) -> Any:

@@ -12,9 +12,11 @@ from app.audio.decode import decode_audio
 from app.audio.mel import log_mel_spectrogram, pad_or_trim
 from tests.test_whisper_wer import LIBRIVOX, tiny_en_path
 
-pytestmark = pytest.mark.skipif(
-    tiny_en_path() is None or not LIBRIVOX.exists(), reason="needs tiny.en and LibriVox clips"
-)
+pytestmark = [
+    pytest.mark.skipif(tiny_en_path() is None or not LIBRIVOX.exists(),
+                       reason="needs tiny.en and LibriVox clips"),
+    pytest.mark.skipif(mx.default_device() != mx.cpu, reason="the numpy path is CPU-only"),
+]
 
 
 @pytest.fixture(scope="module")
