@@ -62,10 +62,12 @@ def test_steps_match_mlx_through_growth_joins_and_leaves(model: Any) -> None:
         got = dec.step(tokens, ours)
         _assert_close(got, want)
         tokens = want.argmax(-1)
-        if step == 8:  # the middle row leaves, as the runner drops a finished row
-            for c in (*ours, *ref):
-                c.filter([0, 2])
-            tokens = tokens[[0, 2]]
+        if step == 8:  # the longest row leaves: filter() then trims the common left
+            before = ours[0]._idx
+            for c in (*ours, *ref):  # padding, leaving K/V as a strided slice
+                c.filter([1, 2])
+            assert ours[0]._idx == before - 9  # row 1's 9 padding slots trimmed
+            tokens = tokens[[1, 2]]
         if step == 14:  # a new prompt joins, as the runner merges a prefilled row
             joining = _prompt(9, 30)
             for batch, new in ((ours, _single(model, joining)), (ref, _single(model, joining))):

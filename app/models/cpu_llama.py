@@ -193,15 +193,20 @@ def _buffers(cache: Any) -> tuple[np.ndarray, np.ndarray]:  # a BatchKVCache
     copies are remembered on the cache object, so they go when it goes.
     """
     need = cache._idx + 1
+    owned = getattr(cache, OWNED_ATTR, None)
     if need > cache.keys.shape[2]:
         grow = -(-need // BatchKVCache.step) * BatchKVCache.step - cache._idx
         pad = [(0, 0), (0, 0), (0, grow), (0, 0)]
         cache.keys = mx.pad(cache.keys[..., : cache._idx, :], pad)
         cache.values = mx.pad(cache.values[..., : cache._idx, :], pad)
-    owned = getattr(cache, OWNED_ATTR, None)
+        mx.eval(cache.keys, cache.values)
+        if owned is not None:  # the padded copies are new buffers of our own already
+            owned = (cache.keys, cache.values)
+            setattr(cache, OWNED_ATTR, owned)
     if owned is None or owned[0] is not cache.keys or owned[1] is not cache.values:
-        cache.keys = mx.array(np.array(cache.keys, dtype=np.float32))
-        cache.values = mx.array(np.array(cache.values, dtype=np.float32))
+        # one copy each (numpy view in, fresh MLX buffer out)
+        cache.keys = mx.array(np.asarray(cache.keys))
+        cache.values = mx.array(np.asarray(cache.values))
         mx.eval(cache.keys, cache.values)
         setattr(cache, OWNED_ATTR, (cache.keys, cache.values))
     return np.asarray(cache.keys), np.asarray(cache.values)
