@@ -9,7 +9,8 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 import pytest
-from mlx.utils import tree_flatten
+from mlx.utils import tree_flatten, tree_unflatten
+from mlx_lm.models import qwen2
 from mlx_lm.models.cache import BatchKVCache, make_prompt_cache
 
 from app.models.cpu_llama import CpuLlamaDecoder
@@ -20,8 +21,24 @@ pytestmark = pytest.mark.skipif(mx.default_device() != mx.cpu,
                                 reason="numpy decode steps run on the CPU only")
 
 
-@pytest.fixture(scope="module")
-def model(tmp_path_factory: pytest.TempPathFactory) -> Any:
+def _tiny_qwen2() -> Any:
+    """Random float32 Qwen2 (q/k/v biases, tied embeddings), built in memory."""
+    args = qwen2.ModelArgs(model_type="qwen2", hidden_size=64, num_hidden_layers=3,
+                           intermediate_size=128, num_attention_heads=4,
+                           num_key_value_heads=2, rms_norm_eps=1e-6, vocab_size=320,
+                           rope_theta=1e6, tie_word_embeddings=True)
+    model = qwen2.Model(args)
+    mx.random.seed(1)
+    model.update(tree_unflatten([(k, mx.random.normal(v.shape) * 0.3)
+                                 for k, v in tree_flatten(model.parameters())]))
+    mx.eval(model.parameters())
+    return model
+
+
+@pytest.fixture(scope="module", params=["llama", "qwen2"])
+def model(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    if request.param == "qwen2":
+        return _tiny_qwen2()
     # 4 layers, prompts long enough that decoding crosses the cache's 256-slot growth
     return load_hf(build_tiny_llama(tmp_path_factory.mktemp("tiny"), layers=4)).model
 

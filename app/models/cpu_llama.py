@@ -10,7 +10,7 @@ Prefill stays in MLX (its matmuls have hundreds of rows and run at full sgemm sp
 so does everything else about the cache: this module reads and writes the K/V buffers of
 mlx-lm's `BatchKVCache` in place, through numpy views of their memory, and keeps the
 cache's bookkeeping (`_idx`, `offset`) as mlx-lm would. It takes only what it can
-reproduce exactly: llama/mistral, float32 `nn.Linear` weights, plain RoPE, no sliding
+reproduce exactly: llama/mistral/qwen2, float32 `nn.Linear` weights, plain RoPE, no sliding
 window; `build` returns None for anything else and the caller keeps the MLX path.
 
 The panels are a second copy of the weights (MLX's prefill needs its own layout: through
@@ -35,7 +35,7 @@ from app.models.cpu_matmul import PanelMatmul
 
 logger = logging.getLogger(__name__)
 
-SUPPORTED_TYPES = ("llama", "mistral")
+SUPPORTED_TYPES = ("llama", "mistral", "qwen2")  # same block; qwen2 adds q/k/v biases
 MAX_ROWS = 8  # panels are sized for up to this many rows; more take plain matmuls
 MAX_MEMORY_FRACTION = 0.25  # of MemAvailable, for the panel copy of the weights
 MASKED = np.float32(-1e30)
@@ -60,7 +60,7 @@ class CpuLlamaDecoder:
         body = model.model
         attn = body.layers[0].self_attn
         self.heads, self.kv_heads = attn.n_heads, attn.n_kv_heads
-        self.head_dim = attn.head_dim
+        self.head_dim = _head_dim(attn)
         self.scale = np.float32(attn.scale)
         self.eps = np.float32(args.rms_norm_eps)
         rope = attn.rope
@@ -167,12 +167,14 @@ def _unsupported(model: Any) -> str | None:
     args = getattr(model, "args", None)
     body = getattr(model, "model", None)
     if args is None or body is None or getattr(args, "model_type", None) not in SUPPORTED_TYPES:
-        return "not a llama/mistral model"
+        return f"model type {getattr(args, 'model_type', None)!r} is not one of {SUPPORTED_TYPES}"
     if getattr(body, "swa_idx", None) is not None:
         return "sliding-window layers"
-    rope = body.layers[0].self_attn.rope
-    if type(rope) is not nn.RoPE or rope.traditional or \
-            rope.dims != body.layers[0].self_attn.head_dim:
+    if getattr(body, "pipeline_size", 1) != 1:
+        return "pipeline-parallel model"
+    attn = body.layers[0].self_attn
+    rope = attn.rope
+    if type(rope) is not nn.RoPE or rope.traditional or rope.dims != _head_dim(attn):
         return f"RoPE variant {type(rope).__name__}"
     for name, module in model.named_modules():
         if isinstance(module, nn.QuantizedLinear | nn.QuantizedEmbedding):
@@ -210,6 +212,11 @@ def _buffers(cache: Any) -> tuple[np.ndarray, np.ndarray]:  # a BatchKVCache
         mx.eval(cache.keys, cache.values)
         setattr(cache, OWNED_ATTR, (cache.keys, cache.values))
     return np.asarray(cache.keys), np.asarray(cache.values)
+
+
+def _head_dim(attn: Any) -> int:
+    # llama keeps head_dim on the module; qwen2 only derives it
+    return int(getattr(attn, "head_dim", attn.q_proj.weight.shape[0] // attn.n_heads))
 
 
 def _f32(a: mx.array) -> np.ndarray:
