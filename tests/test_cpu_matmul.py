@@ -27,7 +27,7 @@ def test_leading_axes_and_many_rows() -> None:
     w = rng.standard_normal((64, 300), dtype=np.float32)
     mm = PanelMatmul(w, max_rows=4)
     few = rng.standard_normal((2, 1, 64), dtype=np.float32)
-    many = rng.standard_normal((3, 7, 64), dtype=np.float32)  # 21 rows: one plain matmul
+    many = rng.standard_normal((3, 7, 64), dtype=np.float32)  # more rows than sized for
     np.testing.assert_allclose(mm(few), few @ w, rtol=1e-5, atol=1e-4)
     np.testing.assert_allclose(mm(many), many @ w, rtol=1e-5, atol=1e-4)
 

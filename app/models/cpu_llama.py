@@ -36,7 +36,7 @@ from app.models.cpu_matmul import PanelMatmul
 logger = logging.getLogger(__name__)
 
 SUPPORTED_TYPES = ("llama", "mistral", "qwen2")  # same block; qwen2 adds q/k/v biases
-MAX_ROWS = 8  # panels are sized for up to this many rows; more take plain matmuls
+MAX_ROWS = 8  # panels are sized for up to this many rows (more still work, a little slower)
 MAX_MEMORY_FRACTION = 0.25  # of MemAvailable, for the panel copy of the weights
 MASKED = np.float32(-1e30)
 OWNED_ATTR = "_mlxd_owned"  # set on a BatchKVCache: the K/V arrays we may write into

@@ -35,16 +35,17 @@ def panel_width(rows: int, n_in: int) -> int:
 
 
 class PanelMatmul:
-    """y = x @ weight (+ bias) for x of at most `max_rows` rows; more rows take one
-    ordinary matmul (prefill, alignment passes), which is the faster path for them.
+    """y = x @ weight (+ bias), the panels sized for x of up to `max_rows` rows.
 
-    weight: [n_in, n_out] float32 (input-major); it is copied into panels.
+    weight: [n_in, n_out] float32 (input-major); it is copied into panels and not kept
+    (the panels are the only copy). More rows still run through the panels, within
+    -10%/+40% of one plain matmul here (16-200 rows), so no second copy is worth keeping.
     """
 
     def __init__(self, weight: np.ndarray, bias: np.ndarray | None = None,
                  max_rows: int = 8) -> None:
         n_in, n_out = weight.shape
-        self.n_in, self.n_out, self.max_rows = n_in, n_out, max_rows
+        self.n_in, self.n_out = n_in, n_out
         self.width = min(panel_width(max_rows, n_in), n_out)
         n_panels = -(-n_out // self.width)
         padded = np.zeros((n_in, n_panels * self.width), dtype=np.float32)
@@ -53,7 +54,6 @@ class PanelMatmul:
         self.panels = np.ascontiguousarray(
             padded.reshape(n_in, n_panels, self.width).transpose(1, 0, 2))
         self.bias = None if bias is None else np.asarray(bias, dtype=np.float32)
-        self.weight = weight  # the plain matmul for many rows
         # One core reads a layer's weights about as fast as the memory delivers them;
         # splitting them over threads cost more in hand-offs than it gained (SmolLM2
         # batch-8 step: 48 ms with only the 113 MB vocabulary projection split, 52-54 ms
@@ -66,14 +66,11 @@ class PanelMatmul:
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.n_in)
         rows = x2.shape[0]
-        if rows > self.max_rows:
-            y = x2 @ self.weight
-        else:
-            # one stacked matmul per thread: numpy loops over the panels in C, GIL released
-            out = np.empty((self.panels.shape[0], rows, self.width), np.float32)
-            run_parts(lambda r: np.matmul(x2, self.panels[r[0] : r[1]], out=out[r[0] : r[1]]),
-                      self.ranges)
-            y = out.transpose(1, 0, 2).reshape(rows, -1)[:, : self.n_out]
+        # one stacked matmul per thread: numpy loops over the panels in C, GIL released
+        out = np.empty((self.panels.shape[0], rows, self.width), np.float32)
+        run_parts(lambda r: np.matmul(x2, self.panels[r[0] : r[1]], out=out[r[0] : r[1]]),
+                  self.ranges)
+        y = out.transpose(1, 0, 2).reshape(rows, -1)[:, : self.n_out]
         if self.bias is not None:
             y = y + self.bias
         return y.reshape(*lead, self.n_out)

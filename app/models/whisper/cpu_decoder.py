@@ -24,7 +24,7 @@ from app.models.whisper import cpu_ops
 from app.models.whisper.model import LAYER_NORM_EPS, Dense, Whisper
 
 KV_GROWTH = 64  # positions added to the self-attention buffers when they fill up
-MAX_STEP_ROWS = 5  # beam_size and best_of default to 5; more rows take plain matmuls
+MAX_STEP_ROWS = 5  # panels sized for 5 rows: beam_size and best_of default to 5
 
 
 @dataclass(slots=True)

@@ -72,7 +72,7 @@ class Projection:
     (app/models/cpu_matmul.py): 5 beam rows by tiny.en's [384, 51864] took ~10 ms
     through one sgemm here, ~5 ms in panels on 2 threads."""
 
-    # beam_size and best_of default to 5; more rows take one plain matmul
+    # panels sized for 5 rows: beam_size and best_of default to 5
     MAX_ROWS = 5
 
     def __init__(self, embedding: mx.array) -> None:
