@@ -10,7 +10,7 @@ import mlx.nn as nn
 import numpy as np
 import pytest
 from mlx.utils import tree_flatten, tree_unflatten
-from mlx_lm.models import qwen2
+from mlx_lm.models import llama, qwen2, qwen3
 from mlx_lm.models.cache import BatchKVCache, make_prompt_cache
 
 from app.models.cpu_llama import CpuLlamaDecoder
@@ -21,13 +21,25 @@ pytestmark = pytest.mark.skipif(mx.default_device() != mx.cpu,
                                 reason="numpy decode steps run on the CPU only")
 
 
-def _tiny_qwen2() -> Any:
-    """Random float32 Qwen2 (q/k/v biases, tied embeddings), built in memory."""
-    args = qwen2.ModelArgs(model_type="qwen2", hidden_size=64, num_hidden_layers=3,
-                           intermediate_size=128, num_attention_heads=4,
-                           num_key_value_heads=2, rms_norm_eps=1e-6, vocab_size=320,
-                           rope_theta=1e6, tie_word_embeddings=True)
-    model = qwen2.Model(args)
+def _in_memory(kind: str) -> Any:
+    """A random float32 model built in memory: qwen2 (q/k/v biases, tied embeddings),
+    qwen3 (RMSNorms of q and k per head) or llama3 (Llama-3 RoPE scaling)."""
+    shape = dict(hidden_size=64, num_hidden_layers=3, intermediate_size=128,
+                 num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-6,
+                 vocab_size=320)
+    if kind == "qwen2":
+        model = qwen2.Model(qwen2.ModelArgs(model_type="qwen2", rope_theta=1e6,
+                                            tie_word_embeddings=True, **shape))
+    elif kind == "qwen3":
+        model = qwen3.Model(qwen3.ModelArgs(model_type="qwen3", head_dim=16, rope_theta=1e6,
+                                            max_position_embeddings=4096,
+                                            tie_word_embeddings=True, **shape))
+    else:
+        model = llama.Model(llama.ModelArgs(
+            model_type="llama", rope_theta=5e5, tie_word_embeddings=False,
+            rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                          "high_freq_factor": 4.0, "original_max_position_embeddings": 64},
+            **shape))
     mx.random.seed(1)
     model.update(tree_unflatten([(k, mx.random.normal(v.shape) * 0.3)
                                  for k, v in tree_flatten(model.parameters())]))
@@ -35,10 +47,10 @@ def _tiny_qwen2() -> Any:
     return model
 
 
-@pytest.fixture(scope="module", params=["llama", "qwen2"])
+@pytest.fixture(scope="module", params=["llama", "qwen2", "qwen3", "llama3"])
 def model(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Any:
-    if request.param == "qwen2":
-        return _tiny_qwen2()
+    if request.param != "llama":
+        return _in_memory(request.param)
     # 4 layers, prompts long enough that decoding crosses the cache's 256-slot growth
     return load_hf(build_tiny_llama(tmp_path_factory.mktemp("tiny"), layers=4)).model
 

@@ -10,8 +10,9 @@ Prefill stays in MLX (its matmuls have hundreds of rows and run at full sgemm sp
 so does everything else about the cache: this module reads and writes the K/V buffers of
 mlx-lm's `BatchKVCache` in place, through numpy views of their memory, and keeps the
 cache's bookkeeping (`_idx`, `offset`) as mlx-lm would. It takes only what it can
-reproduce exactly: llama/mistral/qwen2, float32 `nn.Linear` weights, plain RoPE, no sliding
-window; `build` returns None for anything else and the caller keeps the MLX path.
+reproduce exactly: llama/mistral/qwen2/qwen3, float32 `nn.Linear` weights, plain or
+Llama-3 RoPE, no sliding window; `build` returns None for anything else and the caller
+keeps the MLX path.
 
 The panels are a second copy of the weights (MLX's prefill needs its own layout: through
 panels its matmuls ran 11-60% slower). So the copy is made only while it takes at most
@@ -29,13 +30,15 @@ import mlx.nn as nn
 import numpy as np
 from mlx.utils import tree_flatten
 from mlx_lm.models.cache import BatchKVCache
+from mlx_lm.models.rope_utils import Llama3RoPE
 
 from app.kv.sizing import meminfo_available
 from app.models.cpu_matmul import PanelMatmul
 
 logger = logging.getLogger(__name__)
 
-SUPPORTED_TYPES = ("llama", "mistral", "qwen2")  # same block; qwen2 adds q/k/v biases
+# one block shape: qwen2 adds q/k/v biases, qwen3 RMSNorms of q and k per head
+SUPPORTED_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 MAX_ROWS = 8  # panels are sized for up to this many rows (more still work, a little slower)
 MAX_MEMORY_FRACTION = 0.25  # of MemAvailable, for the panel copy of the weights
 MASKED = np.float32(-1e30)
@@ -50,6 +53,8 @@ class _Layer:
     mlp_norm: np.ndarray
     gate_up: PanelMatmul  # gate | up
     down: PanelMatmul
+    head_norms: tuple[np.ndarray, np.ndarray, np.float32] | None = None
+    """qwen3: RMSNorm weights of each q head and each k head, and their eps."""
 
 
 class CpuLlamaDecoder:
@@ -63,12 +68,7 @@ class CpuLlamaDecoder:
         self.head_dim = _head_dim(attn)
         self.scale = np.float32(attn.scale)
         self.eps = np.float32(args.rms_norm_eps)
-        rope = attn.rope
-        half = self.head_dim // 2
-        # nn.RoPE's frequencies: base^(-2i/d), positions scaled by rope.scale
-        self.inv_freq = (rope.base ** (-np.arange(0, half, dtype=np.float32) * 2.0
-                                       / self.head_dim)).astype(np.float32)
-        self.rope_scale = np.float32(rope.scale)
+        self.inv_freq, self.rope_scale = _rope_frequencies(attn.rope, self.head_dim)
         self.embedding = _f32(body.embed_tokens.weight)
         self.norm = _f32(body.norm.weight)
         self.layers = [self._layer(block) for block in body.layers]
@@ -95,6 +95,8 @@ class CpuLlamaDecoder:
 
     def _layer(self, block: Any) -> _Layer:
         a, m = block.self_attn, block.mlp
+        q_norm: Any = getattr(a, "q_norm", None)
+        k_norm: Any = getattr(a, "k_norm", None)
         return _Layer(
             attn_norm=_f32(block.input_layernorm.weight),
             qkv=_stacked([a.q_proj, a.k_proj, a.v_proj]),
@@ -102,6 +104,8 @@ class CpuLlamaDecoder:
             mlp_norm=_f32(block.post_attention_layernorm.weight),
             gate_up=_stacked([m.gate_proj, m.up_proj]),
             down=_stacked([m.down_proj]),
+            head_norms=None if q_norm is None else
+            (_f32(q_norm.weight), _f32(k_norm.weight), np.float32(q_norm.eps)),
         )
 
     def supports(self, caches: list[Any]) -> bool:
@@ -145,7 +149,12 @@ class CpuLlamaDecoder:
         b = x.shape[0]
         h, hkv, d = self.heads, self.kv_heads, self.head_dim
         qkv = layer.qkv(x)
-        qk = _rope(qkv[:, : (h + hkv) * d].reshape(b, h + hkv, d), cos, sin)
+        qk = qkv[:, : (h + hkv) * d].reshape(b, h + hkv, d)
+        if layer.head_norms is not None:
+            q_w, k_w, eps = layer.head_norms
+            qk = np.concatenate([_rms_norm(qk[:, :h], q_w, eps),
+                                 _rms_norm(qk[:, h:], k_w, eps)], axis=1)
+        qk = _rope(qk, cos, sin)
         keys[:, :, end - 1] = qk[:, h:]
         values[:, :, end - 1] = qkv[:, (h + hkv) * d :].reshape(b, hkv, d)
         # grouped queries: the rep query heads of a kv head are rows of one matmul
@@ -174,7 +183,8 @@ def _unsupported(model: Any) -> str | None:
         return "pipeline-parallel model"
     attn = body.layers[0].self_attn
     rope = attn.rope
-    if type(rope) is not nn.RoPE or rope.traditional or rope.dims != _head_dim(attn):
+    if type(rope) not in (nn.RoPE, Llama3RoPE) or rope.traditional \
+            or rope.dims != _head_dim(attn):
         return f"RoPE variant {type(rope).__name__}"
     for name, module in model.named_modules():
         if isinstance(module, nn.QuantizedLinear | nn.QuantizedEmbedding):
@@ -212,6 +222,16 @@ def _buffers(cache: Any) -> tuple[np.ndarray, np.ndarray]:  # a BatchKVCache
         mx.eval(cache.keys, cache.values)
         setattr(cache, OWNED_ATTR, (cache.keys, cache.values))
     return np.asarray(cache.keys), np.asarray(cache.values)
+
+
+def _rope_frequencies(rope: Any, head_dim: int) -> tuple[np.ndarray, np.float32]:
+    """(inverse frequency per rotated pair, position scale) of nn.RoPE or Llama3RoPE."""
+    if isinstance(rope, Llama3RoPE):  # angle = position / freqs (mx.fast.rope's freqs=)
+        return (1.0 / np.asarray(rope._freqs, dtype=np.float32)).astype(np.float32), \
+            np.float32(1.0)
+    # nn.RoPE: base^(-2i/d), positions scaled by rope.scale
+    half = np.arange(0, head_dim // 2, dtype=np.float32)
+    return (rope.base ** (-half * 2.0 / head_dim)).astype(np.float32), np.float32(rope.scale)
 
 
 def _head_dim(attn: Any) -> int:
