@@ -23,7 +23,9 @@ _pool: ThreadPoolExecutor | None = None
 
 def workers() -> int:
     """Threads a job is split over: the cores this process may run on (at most 8)."""
-    return max(1, min(len(os.sched_getaffinity(0)), MAX_WORKERS))
+    affinity = getattr(os, "sched_getaffinity", None)  # Linux; macOS has only cpu_count
+    cores = len(affinity(0)) if affinity is not None else (os.cpu_count() or 1)
+    return max(1, min(cores, MAX_WORKERS))
 
 
 def run_parts(fn: Callable[[T], object], parts: Sequence[T]) -> None:
