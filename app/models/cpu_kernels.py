@@ -170,10 +170,15 @@ def softmax_numpy_(scores: mx.array) -> mx.array:
 def _softmax_rows_(rows: np.ndarray) -> None:
     step = max(1, NUMPY_SOFTMAX_BLOCK // rows.shape[-1])
     for start in range(0, rows.shape[0], step):
-        block = rows[start : start + step]
-        block -= block.max(axis=-1, keepdims=True)
-        np.exp(block, out=block)
-        block *= np.reciprocal(block.sum(axis=-1, keepdims=True))
+        softmax_np_(rows[start : start + step])
+
+
+def softmax_np_(a: np.ndarray) -> np.ndarray:
+    """Softmax over the last axis of a float32 numpy array, in place; returns it."""
+    a -= a.max(axis=-1, keepdims=True)
+    np.exp(a, out=a)
+    a *= np.reciprocal(a.sum(axis=-1, keepdims=True))
+    return a
 
 
 def _masked(scores: mx.array, mask: mx.array | str | None, rows: slice, s: int,

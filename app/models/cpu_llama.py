@@ -33,6 +33,7 @@ from mlx_lm.models.cache import BatchKVCache
 from mlx_lm.models.rope_utils import Llama3RoPE
 
 from app.kv.sizing import meminfo_available
+from app.models.cpu_kernels import softmax_np_
 from app.models.cpu_matmul import PanelMatmul
 
 logger = logging.getLogger(__name__)
@@ -161,10 +162,7 @@ class CpuLlamaDecoder:
         q = qk[:, :h].reshape(b, hkv, h // hkv, d) * self.scale
         scores = q @ keys[:, :, :end].transpose(0, 1, 3, 2)  # [B, Hkv, rep, end]
         scores += mask
-        scores -= scores.max(axis=-1, keepdims=True)
-        np.exp(scores, out=scores)
-        scores *= 1.0 / scores.sum(axis=-1, keepdims=True)
-        out = scores @ values[:, :, :end]  # [B, Hkv, rep, d]
+        out = softmax_np_(scores) @ values[:, :, :end]  # [B, Hkv, rep, d]
         return layer.out(out.reshape(b, h * d))
 
     def _rope_tables(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -206,21 +204,19 @@ def _buffers(cache: Any) -> tuple[np.ndarray, np.ndarray]:  # a BatchKVCache
     """
     need = cache._idx + 1
     owned = getattr(cache, OWNED_ATTR, None)
-    if need > cache.keys.shape[2]:
+    if need > cache.keys.shape[2]:  # grow: the padded copies are fresh buffers already
         grow = -(-need // BatchKVCache.step) * BatchKVCache.step - cache._idx
         pad = [(0, 0), (0, 0), (0, grow), (0, 0)]
         cache.keys = mx.pad(cache.keys[..., : cache._idx, :], pad)
         cache.values = mx.pad(cache.values[..., : cache._idx, :], pad)
-        mx.eval(cache.keys, cache.values)
-        if owned is not None:  # the padded copies are new buffers of our own already
-            owned = (cache.keys, cache.values)
-            setattr(cache, OWNED_ATTR, owned)
-    if owned is None or owned[0] is not cache.keys or owned[1] is not cache.values:
+    elif owned is None or owned[0] is not cache.keys or owned[1] is not cache.values:
         # one copy each (numpy view in, fresh MLX buffer out)
         cache.keys = mx.array(np.asarray(cache.keys))
         cache.values = mx.array(np.asarray(cache.values))
-        mx.eval(cache.keys, cache.values)
-        setattr(cache, OWNED_ATTR, (cache.keys, cache.values))
+    else:
+        return np.asarray(cache.keys), np.asarray(cache.values)
+    mx.eval(cache.keys, cache.values)
+    setattr(cache, OWNED_ATTR, (cache.keys, cache.values))
     return np.asarray(cache.keys), np.asarray(cache.values)
 
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import mlx.core as mx
 import numpy as np
 
+from app.models.cpu_kernels import softmax_np_
 from app.models.cpu_matmul import PanelMatmul
 from app.models.whisper import cpu_ops
 from app.models.whisper.model import LAYER_NORM_EPS, Dense, Whisper
@@ -157,7 +158,7 @@ class CpuTextDecoder:
         if t > 1:  # causal: query start + i sees keys up to start + i
             future = np.arange(end)[None, :] > np.arange(start, end)[:, None]
             scores[..., future] = -np.inf
-        out = _softmax_(scores) @ values[:, :, :end]  # [B, H, T, dh]
+        out = softmax_np_(scores) @ values[:, :, :end]  # [B, H, T, dh]
         return layer.out(out.transpose(0, 2, 1, 3).reshape(b, t, d))
 
     def _cross_attention(self, layer: LayerWeights, x: np.ndarray, cross: CrossKV,
@@ -166,7 +167,7 @@ class CpuTextDecoder:
         heads, dh = self.heads, self.head_dim
         # every row attends to the same window: fold rows into one matmul per head
         q = (layer.q(x) * self.scale).reshape(b * t, heads, dh).transpose(1, 0, 2)
-        out = _softmax_(q @ cross.keys_t[index]) @ cross.values[index]  # [H, B*T, dh]
+        out = softmax_np_(q @ cross.keys_t[index]) @ cross.values[index]  # [H, B*T, dh]
         return layer.cross_out(out.transpose(1, 0, 2).reshape(b, t, d))
 
 
@@ -189,10 +190,3 @@ def _layer_norm(x: np.ndarray, params: tuple[np.ndarray, np.ndarray]) -> np.ndar
     centered *= params[0]
     centered += params[1]
     return centered
-
-
-def _softmax_(scores: np.ndarray) -> np.ndarray:
-    scores -= scores.max(axis=-1, keepdims=True)
-    np.exp(scores, out=scores)
-    scores *= 1.0 / scores.sum(axis=-1, keepdims=True)
-    return scores

@@ -312,8 +312,7 @@ class Whisper(nn.Module):
 
     def encode(self, mel: mx.array) -> list[tuple[mx.array, mx.array]]:
         """One window's cross-attention K/V per decoder layer; computed once, reused per token."""
-        audio = self.encoder(mel)
-        return [block.cross.project_kv(audio) for block in self.decoder.blocks]
+        return run_to_end(self.encode_steps(mel))
 
     def encode_steps(self, mel: mx.array) -> Steps[list[tuple[mx.array, mx.array]]]:
         """`encode`, evaluated and paused layer by layer (the engine's chat steps run in
