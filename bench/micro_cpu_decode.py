@@ -32,7 +32,8 @@ app.load_openblas()  # done by the package import already: process tuning + BLAS
 import mlx.core as mx  # noqa: E402
 import numpy as np  # noqa: E402
 from bench_transcribe import default_model  # noqa: E402
-from common import RESULTS_DIR, ensure_hf_folder, load_avg  # noqa: E402
+from common import ensure_hf_folder, load_avg, write_report  # noqa: E402
+from micro_timing import timed  # noqa: E402
 from mlx_lm.models.cache import BatchKVCache  # noqa: E402
 
 from app.models import cpu_kernels  # noqa: E402
@@ -41,16 +42,7 @@ from app.models.cpu_matmul import PanelMatmul  # noqa: E402
 from app.models.hf import load_hf  # noqa: E402
 
 Pair = tuple[Callable[[], object], Callable[[], object]]  # (MLX, numpy)
-
-
-def _median_ms(fn: Callable[[], object], reps: int = 15) -> float:
-    fn()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3
+CALLS = 15  # timed calls per case and repetition (median)
 
 
 def _matmul_pair(rows: int, n_in: int, n_out: int, rng: np.random.Generator) -> Pair:
@@ -129,24 +121,23 @@ def main() -> None:
     results: dict[str, dict[str, list[float]]] = {k: {"mlx": [], "numpy": []} for k in cases}
     for rep in range(args.reps):
         for name, (mlx_fn, np_fn) in cases.items():
-            results[name]["mlx"].append(_median_ms(mlx_fn))
-            results[name]["numpy"].append(_median_ms(np_fn))
+            # mx.eval in timed() passes numpy results and None through untouched
+            results[name]["mlx"].append(timed(mlx_fn, CALLS) * 1e3)
+            results[name]["numpy"].append(timed(np_fn, CALLS) * 1e3)
             print(f"rep {rep}: {name}: MLX {results[name]['mlx'][-1]:.2f} ms, "
                   f"numpy {results[name]['numpy'][-1]:.2f} ms", flush=True)
     lines = ["# Decode steps on the CPU: MLX against numpy panel matmuls", "",
              f"`bench/micro_cpu_decode.py --reps {args.reps}` · "
              f"{time.strftime('%Y-%m-%d %H:%M:%S')} · load avg {load_avg()} · "
              f"mlx {mx.__version__} · numpy {np.__version__}", "",
-             "Milliseconds, median of 15 calls per repetition; the table gives the median "
+             f"Milliseconds, median of {CALLS} calls per repetition; the table gives the median "
              "over repetitions (modes alternated).", "",
              "| case | MLX (sgemm) | numpy panels | MLX / numpy |", "|---|---|---|---|"]
     for name, r in results.items():
         m, n = statistics.median(r["mlx"]), statistics.median(r["numpy"])
         lines.append(f"| {name} | {m:.2f} | {n:.2f} | {m / n:.2f}x |")
-    out = RESULTS_DIR / args.out
-    out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
-    print(f"written to {out}")
+    print(f"written to {write_report(args.out, chr(10).join(lines) + chr(10))}")
 
 
 if __name__ == "__main__":

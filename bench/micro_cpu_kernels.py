@@ -33,7 +33,7 @@ app.load_openblas()  # done by the package import already: process tuning + BLAS
 import mlx.core as mx  # noqa: E402
 import mlx.nn as nn  # noqa: E402
 import numpy as np  # noqa: E402
-from common import RESULTS_DIR, ensure_hf_folder, load_avg  # noqa: E402
+from common import ensure_hf_folder, load_avg, write_report  # noqa: E402
 from micro_timing import timed  # noqa: E402
 from mlx_lm.models.cache import BatchKVCache, make_prompt_cache  # noqa: E402
 
@@ -170,10 +170,8 @@ def main() -> None:
         base = statistics.median(r[key] for r in rows if r["mode"] == "mlx-lm")
         ours = statistics.median(r[key] for r in rows if r["mode"] == "ours")
         lines.append(f"\n{key}: mlx-lm / ours = {base / ours:.2f}x")
-    out = RESULTS_DIR / args.out
-    out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
-    print(f"written to {out}")
+    print(f"written to {write_report(args.out, chr(10).join(lines) + chr(10))}")
 
 
 if __name__ == "__main__":

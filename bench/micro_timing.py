@@ -11,7 +11,8 @@ import mlx.core as mx
 
 
 def timed(fn: Callable[[], Any], reps: int = 5) -> float:
-    """Median seconds of `mx.eval(fn())` over `reps` runs, after one warm-up run."""
+    """Median seconds of `mx.eval(fn())` over `reps` runs, after one warm-up run (a result
+    that is not an MLX array, such as numpy's or None, passes through mx.eval)."""
     mx.eval(fn())
     times = []
     for _ in range(reps):
