@@ -36,6 +36,9 @@ def main(argv: list[str] | None = None) -> None:
     settings = Settings(**parse_args(argv))  # type: ignore[arg-type]
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from app.accel.process import prepare_process
+
+    prepare_process()  # OpenBLAS and process tuning must precede the first mlx import
     import uvicorn
 
     from app.main import create_app

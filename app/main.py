@@ -9,10 +9,9 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from app.accel.process import describe_runtime, prepare_process
 from app.api import audio, cache, chat, models
 from app.api.errors import install_error_handlers
-from app.blas import load_openblas
-from app.cpu_runtime import configure as configure_cpu_runtime
 from app.engine.engine import Engine
 from app.models.registry import Registry
 from app.serving.chat import ChatService
@@ -20,20 +19,6 @@ from app.serving.transcribe import TranscriptionService
 from app.settings import Settings
 
 logger = logging.getLogger(__name__)
-
-
-def describe_runtime() -> str:
-    import mlx.core as mx
-
-    blas = load_openblas()
-    device = mx.default_device()
-    dtype = "float32 (CPU: half-precision matmuls are slow here)" if device == mx.cpu \
-        else "model dtype (GPU)"
-    version = getattr(mx, "__version__", "?")
-    tuning = ", ".join(f"{k}={v}" for k, v in configure_cpu_runtime().items()) or "none"
-    return f"mlx {version}, device {device}, BLAS {blas.name}" + \
-        (f" ({blas.path})" if blas.path else "") + f", compute dtype {dtype}" + \
-        f", CPU process tuning: {tuning}"
 
 
 async def _eager_load(app: FastAPI) -> None:
@@ -50,6 +35,7 @@ async def _eager_load(app: FastAPI) -> None:
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
+    prepare_process()  # before the engine's first MLX call; a no-op if the CLI did it
     settings = settings or Settings()
     registry = Registry.from_yaml(settings.models, settings.default_model,
                                   settings.default_transcription_model)

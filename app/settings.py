@@ -38,7 +38,7 @@ class Settings(BaseSettings):
     cpu_fast_kernels: bool = True
     """On the CPU, compute attention softmax and SwiGLU with a polynomial exp (~6x faster than
     MLX's libm exp, rel. error < 1e-7) and run Llama decode steps in numpy with panel
-    matmuls (app/models/cpu_llama.py); False = mlx-lm's own functions throughout."""
+    matmuls (app/accel/cpu/llama_decoder.py); False = mlx-lm's own functions throughout."""
     kv_cache: bool = True
     """Keep KV caches resident between requests (prefix reuse, sessions); False = always cold."""
     kv_budget_bytes: int | None = None

@@ -16,10 +16,12 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import mlx.core as mx
-from mlx_lm.models import llama
+from app.accel.process import prepare_process
 
-import app  # noqa: F401  (loads OpenBLAS before mlx on Linux CPU)
+prepare_process()  # OpenBLAS before mlx on a Linux CPU; nothing on the GPU machine
+
+import mlx.core as mx  # noqa: E402
+from mlx_lm.models import llama  # noqa: E402
 
 GEOMETRIES: dict[str, dict[str, Any]] = {
     # Llama-3-8B shapes
@@ -88,7 +90,7 @@ async def run_ours(model: Any, vocab: int, batch: int, plen: int, tokens: int) -
                     Registry([spec]))
     engine.start(asyncio.get_running_loop())
     loaded = LoadedChatModel(model, NullTokenizer(vocab), "bench", 1 << 20, "bench")  # type: ignore[arg-type]
-    await engine.call(lambda: engine.add_chat_model(spec, loaded))
+    await engine.call(lambda: engine.models.add_chat_model(spec, loaded))
     first: list[float] = []
 
     async def one(ids: list[int]) -> int:

@@ -28,9 +28,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from app.blas import load_openblas  # noqa: E402
+from app.accel.process import prepare_process  # noqa: E402
 
-load_openblas()
+prepare_process()
 
 import numpy as np  # noqa: E402
 
@@ -74,10 +74,13 @@ def base_model() -> str:
 
 
 def ours(model_dir: str, beam: int) -> Runner:
+    from app.accel.choose import accelerate_whisper
     from app.models.whisper import TranscribeOptions, load_whisper
     from app.models.whisper.transcribe import transcribe
+    from app.settings import Settings
 
     bundle = load_whisper(model_dir)
+    accelerate_whisper(bundle.model, Settings())  # what the server's model manager does
     options = TranscribeOptions(beam_size=beam, language="en")
     return lambda audio: transcribe(bundle, audio, options).text
 

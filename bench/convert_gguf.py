@@ -18,20 +18,20 @@ import time
 from pathlib import Path
 from typing import Any
 
-from app.blas import load_openblas
+from app.accel.process import prepare_process
 
-load_openblas()  # before mlx: dequantizing is float32 work
+prepare_process()  # before mlx: dequantizing is float32 work
 
 import mlx.core as mx  # noqa: E402
 
-from app.models.gguf import (  # noqa: E402
+from app.models.gguf.loader import (  # noqa: E402
     ROPE_FREQS,
     dequantize_weights,
     llama_config,
     read_gguf,
     to_hf_weights,
 )
-from app.text.tokenizer import GGUFTokenizer  # noqa: E402
+from app.models.gguf.tokenizer import GGUFTokenizer  # noqa: E402
 
 logger = logging.getLogger(__name__)
 

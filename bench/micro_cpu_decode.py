@@ -1,4 +1,4 @@
-"""In-process measurements behind app/models/cpu_matmul.py, cpu_llama.py and the Whisper
+"""In-process measurements behind app/accel/cpu/panels.py, cpu_llama.py and the Whisper
 numpy decoder: decode steps through MLX against numpy with panel matmuls.
 
     .venv/bin/python bench/micro_cpu_decode.py [--reps 3] [--out micro-cpu-decode.md]
@@ -25,9 +25,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import app  # noqa: E402
+from app.accel.process import prepare_process  # noqa: E402
 
-app.load_openblas()  # done by the package import already: process tuning + BLAS before MLX
+prepare_process()  # process tuning + BLAS before MLX
 
 import mlx.core as mx  # noqa: E402
 import numpy as np  # noqa: E402
@@ -36,9 +36,11 @@ from common import ensure_hf_folder, load_avg, write_report  # noqa: E402
 from micro_timing import timed  # noqa: E402
 from mlx_lm.models.cache import BatchKVCache  # noqa: E402
 
-from app.models import cpu_kernels  # noqa: E402
-from app.models.cpu_llama import CpuLlamaDecoder  # noqa: E402
-from app.models.cpu_matmul import PanelMatmul  # noqa: E402
+from app.accel.cpu import mlx_lm_patch  # noqa: E402
+from app.accel.cpu.llama_decoder import CpuLlamaDecoder  # noqa: E402
+from app.accel.cpu.panels import PanelMatmul  # noqa: E402
+from app.accel.cpu.whisper_decoder import NumpyTextDecoder  # noqa: E402
+from app.accel.cpu.whisper_ops import Projection  # noqa: E402
 from app.models.hf import load_hf  # noqa: E402
 
 Pair = tuple[Callable[[], object], Callable[[], object]]  # (MLX, numpy)
@@ -81,7 +83,7 @@ def _llama_pair(model: Any, dec: CpuLlamaDecoder, b: int) -> Pair:
 
 def llama_cases() -> dict[str, Pair]:
     model = load_hf(ensure_hf_folder()).model
-    cpu_kernels.install()
+    mlx_lm_patch.install()
     dec = CpuLlamaDecoder.build(model)
     assert dec is not None
     return {f"SmolLM2 decode step, batch {b}": _llama_pair(model, dec, b) for b in (1, 4, 8)}
@@ -93,8 +95,10 @@ def whisper_cases() -> dict[str, Pair]:
     model = load_whisper(default_model()).model
     kv = model.encode(mx.random.normal((1, 80, 3000)))
     mx.eval(kv)
-    cpu = model.cpu_decoder()
+    model.store_decoder_input_major()  # as app.accel.choose does on the CPU
+    cpu = NumpyTextDecoder(model, Projection(model.decoder.token_embedding.weight))
     cross = cpu.cross(kv)
+    assert cross is not None
     start = [50257, 50362, 50363]
     _, mlx_cache = model.decoder.hidden(mx.array([start] * 5), kv, None)
     cache = cpu.empty_cache(5)

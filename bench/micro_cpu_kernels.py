@@ -1,4 +1,4 @@
-"""In-process measurements behind app/models/cpu_kernels.py and app/cpu_runtime.py.
+"""In-process measurements behind app/accel/cpu/kernels.py and app/accel/cpu/process.py.
 
     .venv/bin/python bench/micro_cpu_kernels.py [--out micro-cpu-kernels.md]
 
@@ -26,9 +26,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import app  # noqa: E402
+from app.accel.process import prepare_process  # noqa: E402
 
-app.load_openblas()  # done by the package import already: process tuning + BLAS before MLX
+prepare_process()  # process tuning + BLAS before MLX
 
 import mlx.core as mx  # noqa: E402
 import mlx.nn as nn  # noqa: E402
@@ -37,8 +37,9 @@ from common import ensure_hf_folder, load_avg, write_report  # noqa: E402
 from micro_timing import timed  # noqa: E402
 from mlx_lm.models.cache import BatchKVCache, make_prompt_cache  # noqa: E402
 
+from app.accel.cpu import kernels as cpu_kernels  # noqa: E402
+from app.accel.cpu import mlx_lm_patch  # noqa: E402
 from app.engine import forward  # noqa: E402
-from app.models import cpu_kernels  # noqa: E402
 from app.models.hf import load_hf  # noqa: E402
 
 SIZES = {"300k": (3, 3, 30, 1130), "4.7M": (1, 3, 3, 512, 1024)}
@@ -124,7 +125,7 @@ def model_level(reps: int) -> list[dict[str, float]]:
     rows = []
     for _ in range(reps):
         for mode in ("mlx-lm", "ours"):
-            cpu_kernels.install() if mode == "ours" else cpu_kernels.uninstall()
+            mlx_lm_patch.install() if mode == "ours" else mlx_lm_patch.uninstall()
             rows.append({"mode": mode, "prefill_1k": timed(lambda: prefill_1k() or mx.array(0), 3),
                          "turn_n": timed(lambda: turn_n() or mx.array(0), 5),
                          "chunk_4k": timed(lambda: last_chunk_4k() or mx.array(0), 1),
@@ -158,7 +159,7 @@ def main() -> None:
     for key in runs["1"]:
         lines.append(f"| {key} | {runs['1'][key]:.2f} | {runs['0'][key]:.2f} |")
     lines += ["", "300k: [3, 3, 30, 1130] (turn-N attention scores); 4.7M: [1, 3, 3, 512, 1024] "
-              "(a 512-token chunk's scores over 1k keys). Ours: `app/models/cpu_kernels.py`.", "",
+              "(a 512-token chunk's scores over 1k keys). Ours: `app/accel/cpu/kernels.py`.", "",
               "## SmolLM2-135M float32, seconds (median per rep; modes alternated)", "",
               "| mode | 1k prefill (2 x 512) | 30 new tokens over 1.1k cache "
               "| last 512 of a 4k prompt | batch-8 decode step |",

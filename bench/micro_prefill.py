@@ -21,9 +21,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import app.blas  # noqa: E402
+import app.accel.cpu.blas  # noqa: E402
 
-app.blas.load_openblas()
+app.accel.cpu.blas.load_openblas()
 
 import mlx.core as mx  # noqa: E402
 import mlx_lm.models.llama as llama  # noqa: E402

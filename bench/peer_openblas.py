@@ -2,8 +2,9 @@
 
     python bench/peer_openblas.py --model DIR --port PORT [mlx_lm.server flags]
 
-app.blas.load_openblas() ctypes-loads OpenBLAS with RTLD_GLOBAL before mlx.core is
-imported, so MLX's cblas_sgemm resolves to it; everything else is mlx_lm.server's main.
+app.accel.process.prepare_process() sets mlxd's CPU process tuning and ctypes-loads OpenBLAS
+with RTLD_GLOBAL before mlx.core is imported, so MLX's cblas_sgemm resolves to it;
+everything else is mlx_lm.server's main.
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repo's `app`
 
-import app.blas  # noqa: E402
+from app.accel.process import prepare_process  # noqa: E402
 
-info = app.blas.load_openblas()
+info = prepare_process().blas
 if info.name != "openblas":
     sys.exit(f"peer_openblas: OpenBLAS could not be loaded ({info.name}); refusing to run "
              "a plain peer under this name")

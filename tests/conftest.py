@@ -1,21 +1,26 @@
-"""Shared fixtures. OpenBLAS must be in the process before anything imports mlx."""
+"""Process set-up and the test kinds.
 
-from app.blas import load_openblas
+OpenBLAS and the CPU process tuning must be in place before anything imports mlx, so
+this runs first. Each folder is a kind, marked for `./scripts/test.sh -m <kind>`:
+unit (pure code, small arrays), engine (tiny random-weight models in-process), models
+(real weights in-process), e2e (a real server with real weights).
+"""
 
-load_openblas()
+from app.accel.process import prepare_process
 
-from collections.abc import Iterator  # noqa: E402
+prepare_process()
+
+from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
-from tests.server import Server, run_server  # noqa: E402
+KINDS = ("unit", "engine", "models", "e2e")
+TESTS = Path(__file__).resolve().parent
 
 
-@pytest.fixture(scope="session")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """One real mlxd process with the default models, shared by the end-to-end tests."""
-    tmp = tmp_path_factory.mktemp("server")
-    env = {"MLXD_KEEPALIVE_SECONDS": "0.2", "MLXD_KV_DIR": str(tmp / "kv"),
-           "MLXD_MAX_AUDIO_BYTES": str(2 * 1024 * 1024)}
-    with run_server(tmp, env=env) as srv:
-        yield srv
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        kind = Path(item.path).resolve().relative_to(TESTS).parts[0]
+        if kind not in KINDS:
+            raise pytest.UsageError(f"{item.nodeid}: tests live in one of {KINDS}")
+        item.add_marker(kind)

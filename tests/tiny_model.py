@@ -1,4 +1,4 @@
-"""Builds a tiny random-weight Llama in Hugging Face layout for engine tests.
+"""Tiny random-weight models: a Llama in Hugging Face layout, others in memory.
 
 config.json + model.safetensors + tokenizer.json (byte-level BPE trained on a few
 sentences) + tokenizer_config.json with a ChatML template: the same files a real
@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import mlx.core as mx
-from mlx.utils import tree_flatten
-from mlx_lm.models import llama
+from mlx.utils import tree_flatten, tree_unflatten
+from mlx_lm.models import llama, qwen2, qwen3
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 CORPUS = [
@@ -70,3 +71,29 @@ def build_tiny_llama(out: Path, seed: int = 0, layers: int = 2) -> Path:
                for name, p in tree_flatten(model.parameters())}
     mx.save_safetensors(str(out / "model.safetensors"), weights, metadata={"format": "mlx"})
     return out
+
+
+def random_model(kind: str) -> Any:
+    """A random float32 model built in memory: qwen2 (q/k/v biases, tied embeddings),
+    qwen3 (RMSNorms of q and k per head) or llama3 (Llama-3 RoPE scaling)."""
+    shape = dict(hidden_size=64, num_hidden_layers=3, intermediate_size=128,
+                 num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-6,
+                 vocab_size=320)
+    if kind == "qwen2":
+        model = qwen2.Model(qwen2.ModelArgs(model_type="qwen2", rope_theta=1e6,
+                                            tie_word_embeddings=True, **shape))
+    elif kind == "qwen3":
+        model = qwen3.Model(qwen3.ModelArgs(model_type="qwen3", head_dim=16, rope_theta=1e6,
+                                            max_position_embeddings=4096,
+                                            tie_word_embeddings=True, **shape))
+    else:
+        model = llama.Model(llama.ModelArgs(
+            model_type="llama", rope_theta=5e5, tie_word_embeddings=False,
+            rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                          "high_freq_factor": 4.0, "original_max_position_embeddings": 64},
+            **shape))
+    mx.random.seed(1)
+    model.update(tree_unflatten([(k, mx.random.normal(v.shape) * 0.3)
+                                 for k, v in tree_flatten(model.parameters())]))
+    mx.eval(model.parameters())
+    return model

@@ -5,13 +5,12 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Request, UploadFile
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import Response
 
-from app.api.deps import until_disconnect
-from app.api.errors import APIError
-from app.api.sse import SSE_HEADERS
-from app.audio.formats import render
-from app.serving.transcribe import TranscriptionParams, TranscriptionService
+from app.api.deps import guard, respond
+from app.protocol.errors import APIError
+from app.protocol.transcription import TranscriptionParams
+from app.serving.transcribe import TranscriptionService
 
 router = APIRouter()
 MULTIPART_OVERHEAD = 64 * 1024  # form fields and boundaries around the file itself
@@ -36,13 +35,7 @@ async def _read_limited(request: Request, file: UploadFile) -> bytes:
 async def _handle(request: Request, file: UploadFile, params: TranscriptionParams) -> Response:
     service: TranscriptionService = request.app.state.transcribe
     audio = await _read_limited(request, file)
-    prepared = await service.prepare(audio, params)
-    if params.stream:
-        return StreamingResponse(service.stream(prepared), media_type="text/event-stream",
-                                 headers=SSE_HEADERS)
-    result = await until_disconnect(request, service.complete(prepared))
-    body, media = render(result, params.response_format, params.granularities or ("segment",))
-    return Response(body, media_type=media)
+    return respond(await service.handle(audio, params, guard(request)))
 
 
 @router.post("/v1/audio/transcriptions", response_model=None)
@@ -72,6 +65,6 @@ async def translations(
     response_format: Annotated[str, Form()] = "json",
     temperature: Annotated[float | None, Form()] = None,
 ) -> Response:
-    params = TranscriptionParams(model, None, prompt, response_format, temperature, [], False,
+    params = TranscriptionParams(model, None, prompt, response_format, temperature,
                                  task="translate")
     return await _handle(request, file, params)

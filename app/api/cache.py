@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
 from fastapi import APIRouter, Request
 
-from app.api.errors import APIError
 from app.engine.engine import Engine
+from app.protocol.errors import APIError
 
 router = APIRouter(prefix="/v1/cache")
 
@@ -15,7 +16,11 @@ router = APIRouter(prefix="/v1/cache")
 @router.get("/sessions")
 async def list_sessions(request: Request) -> dict[str, Any]:
     engine: Engine = request.app.state.engine
-    return {"object": "list", "data": await engine.call(engine.cache_sessions)}
+    sessions = await engine.call(engine.cache_sessions)
+    return {"object": "list", "data": [
+        {"model": mid, "session": info.key, "tokens": info.tokens, "bytes": info.bytes,
+         "resident": info.resident, "on_disk": info.on_disk, "last_used": info.last_used}
+        for mid, info in sessions]}
 
 
 @router.delete("/sessions/{key:path}")
@@ -29,4 +34,4 @@ async def delete_session(key: str, request: Request) -> dict[str, Any]:
 @router.get("/stats")
 async def stats(request: Request) -> dict[str, Any]:
     engine: Engine = request.app.state.engine
-    return await engine.call(engine.cache_stats)
+    return {mid: asdict(s) for mid, s in (await engine.call(engine.cache_stats)).items()}

@@ -6,8 +6,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from app.api.deps import until_disconnect
-from app.api.schemas import ChatCompletionRequest
-from app.api.sse import SSE_HEADERS
+from app.protocol.chat import ChatCompletionRequest
+from app.protocol.sse import SSE_HEADERS
 from app.serving.chat import ChatService, PreparedChat
 
 router = APIRouter()

@@ -1,4 +1,4 @@
-"""Request-scoped helpers shared by routes."""
+"""Request-scoped helpers shared by routes: the disconnect guard, Reply -> Response."""
 
 from __future__ import annotations
 
@@ -8,12 +8,15 @@ from collections.abc import Awaitable
 from typing import TypeVar
 
 from fastapi import Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from app.api.errors import APIError
+from app.protocol.errors import APIError
+from app.serving.reply import Complete, Guard, Reply
 
 T = TypeVar("T")
 # Starlette's status for "client closed request" has no name; nginx uses 499.
 CLIENT_CLOSED = 499
+SSE_MEDIA = "text/event-stream"
 
 
 async def _wait_disconnect(request: Request) -> None:
@@ -40,3 +43,24 @@ async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
         watcher.cancel()
         if not task.done():
             task.cancel()
+
+
+class _DisconnectGuard:
+    def __init__(self, request: Request) -> None:
+        self.request = request
+
+    def __call__(self, work: Awaitable[T], /) -> Awaitable[T]:
+        return until_disconnect(self.request, work)
+
+
+def guard(request: Request) -> Guard:
+    """The serving layer's Guard for this request's connection."""
+    return _DisconnectGuard(request)
+
+
+def respond(reply: Reply) -> Response:
+    if not isinstance(reply, Complete):
+        return StreamingResponse(reply.events, media_type=SSE_MEDIA, headers=reply.headers)
+    if isinstance(reply.body, dict):
+        return JSONResponse(reply.body, headers=reply.headers)
+    return Response(reply.body, media_type=reply.media_type, headers=reply.headers)

@@ -1,7 +1,6 @@
-"""OpenAI's error envelope for every error a client can see.
-
-{"error": {"message", "type", "param", "code"}} with the matching status code;
-FastAPI's own 422 shape never reaches a client.
+"""Error handlers: every error a client can see leaves in OpenAI's envelope
+(app/protocol/errors.py) with the matching status code; FastAPI's own 422 shape never
+reaches a client.
 """
 
 from __future__ import annotations
@@ -14,44 +13,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app.protocol.errors import STATUS_TYPES, APIError, error_body
+
 logger = logging.getLogger(__name__)
-
-STATUS_TYPES = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    404: "invalid_request_error",
-    405: "invalid_request_error",
-    413: "invalid_request_error",
-    429: "rate_limit_error",
-    503: "server_error",
-}
-
-
-class APIError(Exception):
-    def __init__(self, status: int, message: str, *, type: str | None = None,
-                 param: str | None = None, code: str | None = None,
-                 headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.type = type or STATUS_TYPES.get(status, "server_error")
-        self.param = param
-        self.code = code
-        self.headers = headers
-
-    def body(self) -> dict[str, Any]:
-        return error_body(self.message, self.type, self.param, self.code)
-
-
-def error_body(message: str, type: str, param: str | None = None,
-               code: str | None = None) -> dict[str, Any]:
-    return {"error": {"message": message, "type": type, "param": param, "code": code}}
-
-
-def model_not_found(name: str) -> APIError:
-    return APIError(404, f"The model '{name}' does not exist", param="model",
-                    code="model_not_found")
-
 
 def _loc_to_param(loc: tuple[Any, ...]) -> str | None:
     parts = [str(p) for p in loc if p not in ("body", "query", "header", "path")]

@@ -7,9 +7,9 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from app.api.errors import error_body, model_not_found
 from app.engine.engine import Engine
 from app.models.registry import ModelSpec, Registry
+from app.protocol.errors import error_body, model_not_found
 
 router = APIRouter()
 CREATED = 1_700_000_000  # models.yaml has no dates; a fixed value keeps responses stable

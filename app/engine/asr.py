@@ -13,10 +13,16 @@ from __future__ import annotations
 import logging
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
 
-from app.engine.request import Failed, TranscriptDone, TranscriptSegments, next_request_id
+from app.engine.request import (
+    Admitted,
+    Failed,
+    TranscriptDone,
+    TranscriptSegments,
+    next_request_id,
+)
 from app.engine.stream import RequestStream
+from app.models.whisper.transcribe import TranscriptionJob
 
 logger = logging.getLogger(__name__)
 
@@ -26,8 +32,7 @@ SLICE_SECONDS = 0.05
 
 @dataclass(slots=True, eq=False)
 class AsrTask:
-    job: Any
-    """app.models.whisper.TranscriptionJob"""
+    job: TranscriptionJob
     stream: RequestStream
     id: int = field(default_factory=next_request_id)
     aborted: bool = False
@@ -43,6 +48,7 @@ class AsrQueue:
 
     def add(self, task: AsrTask) -> None:
         self._tasks.append(task)
+        task.stream.put_threadsafe(Admitted())
 
     def abort(self, task_id: int) -> bool:
         for task in self._tasks:

@@ -14,7 +14,9 @@ import mlx.core as mx
 from mlx_lm.models.cache import make_prompt_cache
 
 from app.engine.sequence import Sequence
-from app.kv.store import KVStore, Lookup, prefix_layers, snapshot_layers
+from app.kv.layers import prefix_layers, snapshot_layers
+from app.kv.records import Lookup
+from app.kv.store import KVStore
 
 logger = logging.getLogger(__name__)
 

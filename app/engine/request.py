@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
+
+from app.audio.transcript import Segment, TranscriptionResult
 
 FinishReason = Literal["stop", "length", "abort", "error"]
 
@@ -115,13 +117,12 @@ class Failed:
 class TranscriptSegments:
     """Segments completed by one transcription window."""
 
-    segments: list[Any]
+    segments: list[Segment]
 
 
 @dataclass(slots=True)
 class TranscriptDone:
-    result: Any
-    """app.models.whisper.TranscriptionResult"""
+    result: TranscriptionResult
 
 
 Event = Admitted | Delta | Finished | Failed | TranscriptSegments | TranscriptDone

@@ -38,7 +38,7 @@ class ChatRunner:
                  kv: KVBridge | None = None) -> None:
         self.loaded = loaded
         self.model = loaded.model
-        self.cpu_decoder = loaded.cpu_decoder
+        self.decode_step = loaded.decode_step
         self.scheduler = scheduler
         self.kv = kv
         self.batch_cache: list[Any] | None = None
@@ -219,21 +219,20 @@ class ChatRunner:
         self._collect(launched, next_launched=False)
 
     def _step_logits(self, prev: _Inflight | None, rows: list[Sequence]) -> mx.array:
-        """Logits [B, V] of one decode step: numpy on the CPU (app/models/cpu_llama.py)
-        where it covers the model and cache, else the model's own forward (lazy).
+        """Logits [B, V] of one decode step: the model's injected `decode_step` where it
+        covers the batch's caches (chosen at load, app/accel), else its own forward (lazy).
 
-        The numpy step is computed here and now, so pipelining gains nothing from it; it
-        is still the faster path at every batch size (SmolLM2 in the server: 23.5 tok/s
-        for one stream against 14-16 through MLX).
+        An injected step is computed here and now, so pipelining gains nothing from it;
+        it is used only where it is the faster path at every batch size.
         """
         assert self.batch_cache is not None
-        cpu = self.cpu_decoder
-        if cpu is not None and cpu.supports(self.batch_cache):
+        fast = self.decode_step
+        if fast is not None and fast.supports(self.batch_cache):
             tokens = np.asarray(prev.sample.tokens) if prev is not None else \
                 np.array([s.last_token for s in rows])
-            return mx.array(cpu.step(tokens, self.batch_cache))
-        if cpu is not None:
-            cpu.release(self.batch_cache)
+            return mx.array(fast.step(tokens, self.batch_cache))
+        if fast is not None:
+            fast.release(self.batch_cache)
         inputs = prev.sample.tokens[:, None] if prev is not None else \
             mx.array([[s.last_token] for s in rows])
         return self.model(inputs, cache=self.batch_cache)[:, -1, :]

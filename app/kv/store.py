@@ -1,27 +1,27 @@
-"""Resident KV caches under a byte budget: prefix reuse, sessions, LRU, disk spill.
+"""Resident KV caches under a byte budget: prefix reuse, sessions, LRU eviction.
 
 Lives on the engine thread (the only one touching MLX), so nothing here locks. An
 entry is the exact KV of one token sequence (prompt + completion). Named sessions own
 their entry; anonymous entries are shared by longest-prefix match, so a system prompt
 common to many sessions is reused. Eviction takes anonymous entries first (cheap to
-lose), then named ones, which spill to disk and come back on their next request.
+lose), then named ones, which spill to the disk tier (disk_tier.py) and come back on
+their next request.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
-import mlx.core as mx
-
 from app.kv import persist
+from app.kv.disk_tier import DiskTier
+from app.kv.layers import SEQ_AXIS, Layers
 from app.kv.radix import RadixTree, common_prefix_len
+from app.kv.records import KVEntry, Lookup, SessionInfo, StoreStats
 from app.kv.sizing import kv_nbytes
 
 logger = logging.getLogger(__name__)
@@ -32,101 +32,10 @@ REASON_EVICTED = "evicted"
 REASON_OTHER_MODEL = "other-model"
 SOURCE_SESSION = "session"
 SOURCE_PREFIX = "prefix"
-# Named sessions evicted without a disk copy are remembered (key only) so their next
-# request can say "evicted" instead of "no-entry"; bounded since keys are user input.
-MAX_TOMBSTONES = 10_000
-# Axis of the token dimension in [1, kv_heads, T, head_dim].
-SEQ_AXIS = 2
-
-Layers = list[tuple[mx.array, mx.array]]
 
 
 def diverged_reason(at: int) -> str:
     return f"diverged at {at}"
-
-
-@dataclass(slots=True, eq=False)
-class KVEntry:
-    id: int
-    tokens: tuple[int, ...]
-    layers: Layers
-    """Per layer (keys, values), [1, kv_heads, len(tokens), head_dim], no padding."""
-    nbytes: int
-    session: str | None
-    last_used: float
-    """Seconds since the epoch."""
-    pins: int = 0
-    """Running requests using this entry; pinned entries are never evicted."""
-    persisted: bool = False
-    """The session's disk file holds exactly this entry (a spill needs no write)."""
-
-
-@dataclass(slots=True)
-class Lookup:
-    entry: KVEntry | None
-    matched: int
-    """Leading tokens of the query whose KV is `entry.layers[..., :matched, :]`."""
-    reason: str
-    """'hit', 'no-entry', 'evicted', 'other-model' or 'diverged at N'."""
-    source: str | None = None
-    """'session' (the session's own entry), 'prefix' (global longest prefix) or None."""
-
-
-@dataclass(slots=True)
-class SessionInfo:
-    key: str
-    tokens: int
-    bytes: int
-    resident: bool
-    on_disk: bool
-    """A disk file exists (for a resident session: an up-to-date one)."""
-    last_used: float
-    other_model: bool = False
-    """The disk file was written for another model fingerprint (unusable)."""
-
-
-@dataclass(slots=True)
-class StoreStats:
-    lookups: int = 0
-    hits: int = 0
-    partial_hits: int = 0
-    misses: int = 0
-    cached_tokens: int = 0
-    puts: int = 0
-    rejected: int = 0
-    superseded: int = 0
-    evictions: int = 0
-    spills: int = 0
-    restores: int = 0
-    other_model: int = 0
-    # Gauges, filled in by KVStore.stats.
-    entries: int = 0
-    resident_bytes: int = 0
-    reserved_bytes: int = 0
-    pinned_bytes: int = 0
-    budget_bytes: int = 0
-    disk_sessions: int = 0
-
-
-def snapshot_layers(layers: Sequence[tuple[mx.array, mx.array]], length: int) -> Layers:
-    """Compact, evaluated copies of the first `length` positions of each layer.
-
-    A lazy slice of a step-padded KVCache buffer would keep the whole buffer alive
-    while `nbytes` reports only the slice; contiguous copies make the budget honest.
-    """
-    out = [
-        (mx.contiguous(k[:, :, :length, :]), mx.contiguous(v[:, :, :length, :]))
-        for k, v in layers
-    ]
-    mx.eval([a for kv in out for a in kv])
-    return out
-
-
-def prefix_layers(entry: KVEntry, length: int) -> Layers:
-    """Lazy views of the entry's first `length` positions (to seed a request's cache)."""
-    if length >= len(entry.tokens):
-        return list(entry.layers)
-    return [(k[:, :, :length, :], v[:, :, :length, :]) for k, v in entry.layers]
 
 
 class KVStore:
@@ -140,17 +49,11 @@ class KVStore:
         self._lru_anon: OrderedDict[int, None] = OrderedDict()
         self._lru_named: OrderedDict[int, None] = OrderedDict()
         self._by_session: dict[str, int] = {}
-        self._disk: dict[str, persist.DiskHeader] = {}
-        self._tombstones: OrderedDict[str, None] = OrderedDict()
+        self._disk = DiskTier(persist_dir, fingerprint)
         self._bytes = 0
         self._reserved = 0
         self._next_id = 0
         self._stats = StoreStats()
-        if persist_dir is not None:
-            persist_dir.mkdir(parents=True, exist_ok=True)
-            for header in persist.scan(persist_dir):
-                self._disk[header.session] = header
-            logger.info("KV store: %d session file(s) in %s", len(self._disk), persist_dir)
 
     # -- queries -----------------------------------------------------------------
 
@@ -175,7 +78,7 @@ class KVStore:
             reserved_bytes=self._reserved,
             pinned_bytes=self.pinned_bytes,
             budget_bytes=self.budget_bytes,
-            disk_sessions=len(self._disk),
+            disk_sessions=len(self._disk.headers),
         )
 
     def lookup(self, tokens: Sequence[int], session: str | None = None) -> Lookup:
@@ -220,7 +123,7 @@ class KVStore:
             out.append(
                 SessionInfo(key, len(e.tokens), e.nbytes, True, e.persisted, e.last_used)
             )
-        for key, h in self._disk.items():
+        for key, h in self._disk.headers.items():
             if key not in self._by_session:
                 out.append(
                     SessionInfo(
@@ -262,7 +165,7 @@ class KVStore:
             if old is not None:
                 self._remove(self._entries[old])
                 self._stats.superseded += 1
-            self._tombstones.pop(session, None)
+            self._disk.forget_evicted(session)
         for eid in self._radix.prefixes_of(seq):
             prefix = self._entries[eid]
             if prefix.session is None:  # other sessions' entries are theirs to keep
@@ -271,10 +174,10 @@ class KVStore:
 
         if not self._make_room(nbytes):
             self._stats.rejected += 1
-            if session is not None and self._spill_to_disk(session, seq, layers):
+            if session is not None and self._disk.write(session, seq, layers):
                 return False
             if session is not None:
-                self._remember_evicted(session)
+                self._disk.remember_evicted(session)
             logger.info("no room for a %d-byte KV entry (pinned/reserved)", nbytes)
             return False
         self._add(seq, layers, nbytes, session)
@@ -307,18 +210,11 @@ class KVStore:
         if eid is not None:
             self._remove(self._entries[eid])
             found = True
-        if self._disk.pop(key, None) is not None:
-            found = True
-        if self.persist_dir is not None:
-            with contextlib.suppress(FileNotFoundError):
-                persist.session_path(self.persist_dir, key).unlink()
-        if self._tombstones.pop(key, None) is not None:
-            found = True
-        return found
+        return self._disk.delete(key) or found
 
     def persist_all(self) -> int:
         """Write every resident named session to disk (graceful shutdown). Returns count."""
-        if self.persist_dir is None:
+        if not self._disk.enabled:
             return 0
         written = 0
         for eid in list(self._by_session.values()):
@@ -338,14 +234,14 @@ class KVStore:
         eid = self._by_session.get(session)
         if eid is not None:
             return self._entries[eid], None
-        header = self._disk.get(session)
+        header = self._disk.headers.get(session)
         if header is not None:
             if header.fingerprint != self.fingerprint:
                 self._stats.other_model += 1
                 return None, REASON_OTHER_MODEL
             restored = self._restore(session, header)
             return (restored, None) if restored is not None else (None, REASON_EVICTED)
-        if session in self._tombstones:
+        if self._disk.was_evicted(session):
             return None, REASON_EVICTED
         return None, None
 
@@ -354,15 +250,8 @@ class KVStore:
         if header.nbytes > self.budget_bytes or not self._make_room(header.nbytes):
             logger.info("no room to restore session %r (%d bytes)", session, header.nbytes)
             return None
-        loaded = persist.load_entry(header.path, self.fingerprint, session)
-        if loaded.status == persist.STATUS_OTHER_MODEL:
-            return None
-        if loaded.status != persist.STATUS_OK:
-            logger.warning("dropping unusable KV file for session %r: %s", session,
-                           loaded.status)
-            self._disk.pop(session, None)
-            with contextlib.suppress(OSError):
-                header.path.unlink()
+        loaded = self._disk.read(session, header)
+        if loaded is None:
             return None
         nbytes = kv_nbytes(loaded.layers)
         if not self._make_room(nbytes):  # header lied about size: stay within budget
@@ -427,30 +316,11 @@ class KVStore:
         if entry.persisted or self._write(entry):
             self._stats.spills += 1
         else:
-            self._remember_evicted(entry.session)
+            self._disk.remember_evicted(entry.session)
 
     def _write(self, entry: KVEntry) -> bool:
         assert entry.session is not None
-        if self._spill_to_disk(entry.session, entry.tokens, entry.layers):
+        if self._disk.write(entry.session, entry.tokens, entry.layers):
             entry.persisted = True
             return True
         return False
-
-    def _spill_to_disk(self, session: str, tokens: tuple[int, ...], layers: Layers) -> bool:
-        if self.persist_dir is None:
-            return False
-        path = persist.session_path(self.persist_dir, session)
-        try:
-            self._disk[session] = persist.save_entry(
-                path, tokens, layers, session, self.fingerprint
-            )
-        except Exception:  # noqa: BLE001 - a full disk must not take the engine down
-            logger.warning("could not write KV file for session %r", session, exc_info=True)
-            return False
-        return True
-
-    def _remember_evicted(self, session: str) -> None:
-        self._tombstones[session] = None
-        self._tombstones.move_to_end(session)
-        while len(self._tombstones) > MAX_TOMBSTONES:
-            self._tombstones.popitem(last=False)

@@ -18,7 +18,8 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten
 from mlx_lm.utils import dequantize_model, get_total_parameters, load_model
 
-from app.models.gguf import AUTO_DTYPE, DTYPES, on_cpu
+from app.models.device import on_cpu
+from app.models.gguf.loader import AUTO_DTYPE, DTYPES
 from app.models.types import LoadedChatModel
 from app.text.tokenizer import HFTokenizer
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import numpy as np
+
 
 class TextTokenizer(Protocol):
     """What the serving and engine layers need from a tokenizer, whatever its origin."""
@@ -34,6 +36,19 @@ class TextTokenizer(Protocol):
         """The prompt text for `messages` ([{role, content: str}]), ready for encode()."""
 
 
+class DecodeStep(Protocol):
+    """One decode step for every row of a batch, outside the model's own forward."""
+
+    def supports(self, caches: list[Any]) -> bool:
+        """Whether this batch's caches (one per layer) are ones `step` can extend."""
+
+    def step(self, tokens: np.ndarray, caches: list[Any]) -> np.ndarray:
+        """Logits [B, V] for one new token per row (tokens [B]); extends every cache."""
+
+    def release(self, caches: list[Any]) -> None:
+        """Forget these caches: the model's own forward takes them over."""
+
+
 @dataclass(slots=True)
 class LoadedChatModel:
     """A chat model ready for the engine: mlx-lm style module plus tokenizer."""
@@ -47,5 +62,8 @@ class LoadedChatModel:
     fingerprint: str
     """Stable hash of weights source + dtype + chat template (KV caches are keyed by it)."""
     info: dict[str, Any] = field(default_factory=dict)
-    cpu_decoder: Any = None
-    """CpuLlamaDecoder for decode steps in numpy (CPU), or None: the model's own forward."""
+    decode_step: DecodeStep | None = None
+    """A faster decode step than the model's own forward, chosen at load (app/accel), or
+    None: the model's forward throughout."""
+    acceleration: str = "mlx"
+    """What the model computes with beyond MLX's own ops (for logs), set at load."""

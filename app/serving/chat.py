@@ -1,7 +1,9 @@
 """Chat completions between the HTTP route and the engine (async, no MLX).
 
 Everything that can fail for a bad request (model name, parameters, template,
-context length) is checked in `prepare()`, before the first byte is sent.
+context length) is checked in `prepare()`, before the first byte is sent; `start()`
+then waits for the engine's admission (a refusal is still a plain HTTP error), and the
+reply streams or completes. `handle()` is that whole sequence, for the route.
 """
 
 from __future__ import annotations
@@ -11,15 +13,13 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 
-from app.api.errors import APIError, model_not_found
-from app.api.schemas import ChatCompletionRequest
-from app.api.sse import SSE_DONE, sse_comment, sse_data
-from app.engine.engine import ChatModelHandle, Engine
+from app.engine.engine import Engine
+from app.engine.models import ChatModelHandle
 from app.engine.request import (
     Admitted,
     Delta,
@@ -32,10 +32,15 @@ from app.engine.request import (
 )
 from app.engine.stream import RequestStream
 from app.models.registry import Registry
+from app.protocol.chat import ChatCompletionRequest
+from app.protocol.errors import APIError, model_not_found
+from app.protocol.sse import SSE_DONE, SSE_HEADERS, sse_comment, sse_data
+from app.serving.reply import Complete, Guard, Reply, Streamed, failure_error, failure_event
 from app.settings import Settings
 
 logger = logging.getLogger(__name__)
 
+CACHE_HEADER = "x-mlxd-cache"  # "hit; reused=N" or "miss; reason=...; reused=N"
 SAMPLING_DEFAULTS = {"temperature": 1.0, "top_p": 1.0, "top_k": 0, "min_p": 0.0,
                      "repetition_penalty": 1.0}
 
@@ -60,6 +65,16 @@ class ChatService:
         self.engine = engine
         self.registry = registry
         self.settings = settings
+
+    async def handle(self, body: ChatCompletionRequest, session: str | None,
+                     guard: Guard) -> Reply:
+        """A whole request: prepare, admission under `guard`, then the reply."""
+        prepared = await self.prepare(body, session)
+        streams = await guard(self.start(prepared))
+        headers = {CACHE_HEADER: prepared.cache_info} if prepared.cache_info else {}
+        if body.stream:
+            return Streamed(self.stream(prepared, streams), {**SSE_HEADERS, **headers})
+        return Complete(await guard(self.complete(prepared, streams)), headers=headers)
 
     async def prepare(self, body: ChatCompletionRequest, session: str | None) -> PreparedChat:
         name = body.model or self.registry.default_chat
@@ -129,10 +144,7 @@ class ChatService:
             for stream in streams:
                 event = await stream.get()
                 if isinstance(event, Failed):
-                    headers = {"Retry-After": str(event.retry_after)} if event.retry_after \
-                        else None
-                    raise APIError(event.status, event.message, type=event.type,
-                                   code=event.code, headers=headers)
+                    raise failure_error(event)
                 assert isinstance(event, Admitted)
                 if prep.cache_info is None:
                     prep.cache_info = event.cache_info
@@ -188,8 +200,7 @@ class ChatService:
                     yield self._chunk(prep, i, {}, finish=event.reason)
                 elif isinstance(event, Failed):
                     # Headers are gone: report in-band, OpenAI style, and end the stream.
-                    yield sse_data({"error": {"message": event.message, "type": event.type,
-                                              "param": None, "code": event.code}})
+                    yield sse_data(failure_event(event))
                     return
             if include_usage:
                 yield sse_data({"id": prep.id, "object": "chat.completion.chunk",
@@ -222,7 +233,7 @@ async def _collect(stream: RequestStream) -> tuple[str, list[TokenLogprob], Fini
         elif isinstance(event, Finished):
             return "".join(parts), lps, event
         elif isinstance(event, Failed):
-            raise APIError(event.status, event.message, type=event.type, code=event.code)
+            raise failure_error(event)
     raise APIError(500, "generation ended without a result")
 
 
@@ -236,8 +247,6 @@ async def _pump(index: int, stream: RequestStream, out: asyncio.Queue[tuple[int,
 
 
 def _with_seed(params: SamplingParams, offset: int) -> SamplingParams:
-    from dataclasses import replace
-
     return replace(params, seed=None if params.seed is None else params.seed + offset)
 
 

@@ -1,7 +1,9 @@
 """Transcriptions between the HTTP route and the engine (async, no MLX calls).
 
-Validation and audio decoding happen before the first byte; the engine then runs
-the job window by window and the result is rendered in the requested format.
+Shaped like chat (serving/chat.py): `prepare()` validates the fields and decodes the
+audio before the first byte; `start()` waits for the engine's admission; the reply then
+streams (`transcript.text.delta` events) or completes, rendered in the requested
+format. `handle()` is that whole sequence, for the route.
 """
 
 from __future__ import annotations
@@ -13,37 +15,39 @@ from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 
-from app.api.errors import APIError, model_not_found
-from app.api.sse import sse_data
 from app.audio.decode import AudioDecodeError, decode_audio
-from app.audio.formats import GRANULARITIES, RESPONSE_FORMATS
-from app.engine.engine import Engine, TranscriptionModelHandle
-from app.engine.request import Failed, TranscriptDone, TranscriptSegments
+from app.audio.formats import GRANULARITIES, RESPONSE_FORMATS, render
+from app.audio.transcript import TranscribeOptions, TranscriptionResult
+from app.engine.engine import Engine
+from app.engine.models import TranscriptionModelHandle
+from app.engine.request import Admitted, Failed, TranscriptDone, TranscriptSegments
 from app.engine.stream import RequestStream
 from app.models.registry import Registry
+from app.models.whisper.transcribe import TranscriptionJob
+from app.protocol.errors import APIError, model_not_found
+from app.protocol.sse import SSE_HEADERS, sse_data
+from app.protocol.transcription import TranscriptionParams
+from app.serving.reply import Complete, Guard, Reply, Streamed, failure_error, failure_event
 from app.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-
-
-@dataclass(slots=True)
-class TranscriptionParams:
-    model: str | None
-    language: str | None
-    prompt: str | None
-    response_format: str
-    temperature: float | None
-    granularities: list[str]
-    stream: bool
-    task: str = "transcribe"
+DEFAULT_GRANULARITIES = ("segment",)
 
 
 @dataclass(slots=True)
 class PreparedTranscription:
     handle: TranscriptionModelHandle
-    job: Any
+    job: TranscriptionJob
     params: TranscriptionParams
+
+
+@dataclass(slots=True)
+class TranscriptionRun:
+    """An admitted job: its engine task id and the stream its events arrive on."""
+
+    task_id: int
+    stream: RequestStream
 
 
 class TranscriptionService:
@@ -51,6 +55,17 @@ class TranscriptionService:
         self.engine = engine
         self.registry = registry
         self.settings = settings
+
+    async def handle(self, audio: bytes, params: TranscriptionParams, guard: Guard) -> Reply:
+        """A whole request: prepare, admission under `guard`, then the reply."""
+        prepared = await self.prepare(audio, params)
+        run = await guard(self.start(prepared))
+        if params.stream:
+            return Streamed(self.stream(run), dict(SSE_HEADERS))
+        result = await guard(self.complete(run))
+        body, media = render(result, params.response_format,
+                             params.granularities or DEFAULT_GRANULARITIES)
+        return Complete(body, media)
 
     async def prepare(self, audio: bytes, p: TranscriptionParams) -> PreparedTranscription:
         if p.response_format not in RESPONSE_FORMATS:
@@ -80,8 +95,6 @@ class TranscriptionService:
         if p.task == "translate" and not handle.is_multilingual:
             raise APIError(400, f"model {spec.id!r} is English-only and cannot translate",
                            param="model", code="model_not_supported")
-        from app.models.whisper import TranscribeOptions, TranscriptionJob
-
         options = TranscribeOptions(
             language=p.language, task=p.task, prompt=p.prompt,
             temperature=p.temperature or None, word_timestamps="word" in p.granularities)
@@ -92,29 +105,41 @@ class TranscriptionService:
             raise APIError(400, str(exc), param="language") from exc
         return PreparedTranscription(handle, job, p)
 
-    def submit(self, prep: PreparedTranscription) -> tuple[int, RequestStream]:
-        return self.engine.submit_transcription(prep.job, prep.handle.spec.id)
-
-    async def complete(self, prep: PreparedTranscription) -> Any:
-        task_id, stream = self.submit(prep)
+    async def start(self, prep: PreparedTranscription) -> TranscriptionRun:
+        """Submit and wait for admission, so a refusal is a plain HTTP error (before 200)."""
+        task_id, stream = self.engine.submit_transcription(prep.job, prep.handle.spec.id)
+        run = TranscriptionRun(task_id, stream)
         try:
-            async for event in stream:
+            event = await stream.get()
+            if isinstance(event, Failed):
+                raise failure_error(event)
+            assert isinstance(event, Admitted)
+        except BaseException:
+            self._abort_unfinished(run)
+            raise
+        return run
+
+    def _abort_unfinished(self, run: TranscriptionRun) -> None:
+        if not run.stream.closed:
+            self.engine.abort_transcription(run.task_id)
+
+    async def complete(self, run: TranscriptionRun) -> TranscriptionResult:
+        try:
+            async for event in run.stream:
                 if isinstance(event, TranscriptDone):
                     return event.result
                 if isinstance(event, Failed):
-                    raise APIError(event.status, event.message, type=event.type, code=event.code)
+                    raise failure_error(event)
             raise APIError(500, "transcription ended without a result")
-        finally:
-            if not stream.closed:
-                self.engine.abort_transcription(task_id)
+        finally:  # a cancelled (disconnected) request stops transcribing
+            self._abort_unfinished(run)
 
-    async def stream(self, prep: PreparedTranscription) -> AsyncIterator[bytes]:
+    async def stream(self, run: TranscriptionRun) -> AsyncIterator[bytes]:
         """OpenAI's streaming shape: transcript.text.delta events, then transcript.text.done."""
-        task_id, stream = self.submit(prep)
         emitted = False
         held = ""  # trailing whitespace waits: the final text is stripped at both ends
         try:
-            async for event in stream:
+            async for event in run.stream:
                 if isinstance(event, TranscriptSegments):
                     text = held + "".join(s.text for s in event.segments)
                     if not emitted:
@@ -129,15 +154,12 @@ class TranscriptionService:
                                     "usage": usage_json(event.result)})
                     return
                 elif isinstance(event, Failed):
-                    yield sse_data({"type": "error", "error": {
-                        "message": event.message, "type": event.type, "param": None,
-                        "code": event.code}})
+                    yield sse_data({"type": "error", **failure_event(event)})
                     return
         finally:
-            if not stream.closed:
-                self.engine.abort_transcription(task_id)
+            self._abort_unfinished(run)
 
 
-def usage_json(result: Any) -> dict[str, Any]:
+def usage_json(result: TranscriptionResult) -> dict[str, Any]:
     # OpenAI bills whisper-1 by duration; report the same shape.
     return {"type": "duration", "seconds": round(float(result.duration), 3)}

@@ -14,7 +14,6 @@ import mlx.core as mx
 import numpy as np
 
 from app.audio.transcript import Segment, Word
-from app.models.whisper import cpu_ops
 from app.models.whisper.decoding import WindowDecoder
 from app.models.whisper.load import WhisperBundle
 from app.models.whisper.tokenizer import TIME_PRECISION
@@ -138,10 +137,7 @@ def add_word_timestamps(
 def _token_probabilities(
     bundle: WhisperBundle, hidden: mx.array, text_tokens: list[int]
 ) -> np.ndarray:
-    if cpu_ops.use_numpy_kernels():
-        logits = bundle.model.projection()(hidden)
-    else:
-        logits = np.array(bundle.model.decoder.logits(hidden)[0], dtype=np.float32)
+    logits = bundle.model.numpy_logits(hidden)[0]
     logits = logits[: len(text_tokens)].astype(np.float64)
     logits -= logits.max(axis=-1, keepdims=True)
     probs = np.exp(logits)

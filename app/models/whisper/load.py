@@ -12,6 +12,7 @@ from typing import Any
 import mlx.core as mx
 import numpy as np
 
+from app.models.device import on_cpu
 from app.models.whisper import ct2, hf
 from app.models.whisper.model import Whisper, WhisperDims
 from app.models.whisper.tokenizer import WhisperTokenizer, load_tokenizer
@@ -47,7 +48,7 @@ class WhisperBundle:
 
 def default_dtype() -> mx.Dtype:
     # float16 matmuls run at ~3 GFLOP/s on the CPU against ~70 for float32 with OpenBLAS
-    return mx.float32 if mx.default_device() == mx.cpu else mx.float16
+    return mx.float32 if on_cpu() else mx.float16
 
 
 def load_whisper(path: str | Path, dtype: mx.Dtype | None = None,
@@ -84,8 +85,6 @@ def load_whisper(path: str | Path, dtype: mx.Dtype | None = None,
     model.load_weights([(k, v.astype(dtype)) for k, v in weights.items()], strict=True)
     model.eval()
     mx.eval(model.parameters())
-    if mx.default_device() == mx.cpu:
-        model.prepare_for_decoding()
     tokenizer = load_tokenizer(folder, dims.n_vocab)
     bundle = WhisperBundle(
         model=model,

@@ -2,6 +2,8 @@
 
 Attention projections are stored fused (self: q|k|v, cross: k|v), as CTranslate2 keeps
 them: one matmul per projection group matters for single-token decode on the CPU.
+GELU and attention go through the model's `ops` (app/models/whisper/ops.py): MLX's own
+unless faster ones were injected at load.
 """
 
 from __future__ import annotations
@@ -9,26 +11,18 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import mlx.core as mx
 import mlx.nn as nn
+import numpy as np
 
-from app.models import cpu_kernels
-from app.models.whisper import cpu_ops
+from app.models.whisper.ops import MLX_OPS, KVCache, WhisperOps
 from app.models.whisper.steps import Steps, run_to_end
-
-if TYPE_CHECKING:
-    from app.models.whisper.cpu_decoder import CpuTextDecoder
 
 logger = logging.getLogger(__name__)
 
 LAYER_NORM_EPS = 1e-5
 MAX_TIMESCALE = 10_000  # sinusoidal encoder positions, as Whisper was trained with
-# On the CPU, the encoder's GELUs go to numpy (SIMD exp, in place, worth the sync); a
-# decode step's few rows stay in one MLX graph with the polynomial-exp kernels
-# (app/models/cpu_kernels.py): no sync per layer.
-NUMPY_GELU_MIN = 1 << 16  # elements
 
 
 @dataclass(slots=True, frozen=True)
@@ -49,8 +43,8 @@ class Dense(nn.Module):
     """A linear layer whose weight can be stored input-major ([in, out]) after loading.
 
     Loaders fill the usual [out, in] weight; decode steps multiply a few rows by it, and
-    with the weight as [in, out] OpenBLAS runs that 3x faster at one row (51 us against
-    173 us for 384x1536 here: a streaming gemv instead of a transposed one).
+    with the weight as [in, out] a CPU BLAS runs that ~3x faster at one row (a streaming
+    gemv instead of a transposed one).
     """
 
     def __init__(self, n_in: int, n_out: int) -> None:
@@ -77,23 +71,6 @@ def sinusoids(length: int, channels: int) -> mx.array:
     return mx.concatenate([mx.sin(t), mx.cos(t)], axis=1)
 
 
-def gelu(x: mx.array) -> mx.array:
-    if not cpu_ops.use_numpy_kernels():
-        return nn.gelu(x)
-    if x.size >= NUMPY_GELU_MIN:
-        return cpu_ops.gelu_(x)
-    return cpu_kernels.gelu(x)
-
-
-def attention(
-    q: mx.array, k: mx.array, v: mx.array, scale: float, mask: mx.array | str | None
-) -> mx.array:
-    if not cpu_ops.use_numpy_kernels():
-        return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=mask)
-    # the encoder's 1500x1500 scores take numpy's softmax in blocks, decode steps stay in MLX
-    return cpu_kernels.attention(q, k, v, None, scale, mask)
-
-
 def _heads(x: mx.array, n_head: int) -> mx.array:
     b, t, d = x.shape
     return x.reshape(b, t, n_head, d // n_head).transpose(0, 2, 1, 3)
@@ -107,6 +84,7 @@ def _merge(x: mx.array) -> mx.array:
 class SelfAttention(nn.Module):
     def __init__(self, n_state: int, n_head: int) -> None:
         super().__init__()
+        self.ops = MLX_OPS
         self.n_head = n_head
         self.scale = (n_state // n_head) ** -0.5
         self.qkv = Dense(n_state, 3 * n_state)
@@ -123,13 +101,14 @@ class SelfAttention(nn.Module):
         if cache is not None:
             k = mx.concatenate([cache[0], k], axis=2)
             v = mx.concatenate([cache[1], v], axis=2)
-        o = attention(q, k, v, self.scale, mask)
+        o = self.ops.attention(q, k, v, self.scale, mask)
         return self.out(_merge(o)), (k, v)
 
 
 class CrossAttention(nn.Module):
     def __init__(self, n_state: int, n_head: int) -> None:
         super().__init__()
+        self.ops = MLX_OPS
         self.n_head = n_head
         self.scale = (n_state // n_head) ** -0.5
         self.q = Dense(n_state, n_state)
@@ -150,10 +129,10 @@ class CrossAttention(nn.Module):
             # tiling the 1500-frame K/V per beam.
             h, dh = q.shape[1], q.shape[3]
             q = q.transpose(1, 0, 2, 3).reshape(1, h, b * t, dh)
-            o = attention(q, k, v, self.scale, None)
+            o = self.ops.attention(q, k, v, self.scale, None)
             o = o.reshape(h, b, t, dh).transpose(1, 0, 2, 3)
         else:
-            o = attention(q, k, v, self.scale, None)
+            o = self.ops.attention(q, k, v, self.scale, None)
         return self.out(_merge(o))
 
     def weights(self, x: mx.array, kv: tuple[mx.array, mx.array]) -> mx.array:
@@ -166,11 +145,12 @@ class CrossAttention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, n_state: int) -> None:
         super().__init__()
+        self.ops = MLX_OPS
         self.fc1 = Dense(n_state, 4 * n_state)
         self.fc2 = Dense(4 * n_state, n_state)
 
     def __call__(self, x: mx.array) -> mx.array:
-        return self.fc2(gelu(self.fc1(x)))
+        return self.fc2(self.ops.gelu(self.fc1(x)))
 
 
 class EncoderBlock(nn.Module):
@@ -212,6 +192,7 @@ class DecoderBlock(nn.Module):
 class AudioEncoder(nn.Module):
     def __init__(self, dims: WhisperDims) -> None:
         super().__init__()
+        self.ops = MLX_OPS
         d = dims.n_audio_state
         self.conv1 = nn.Conv1d(dims.n_mels, d, kernel_size=3, padding=1)
         self.conv2 = nn.Conv1d(d, d, kernel_size=3, stride=2, padding=1)
@@ -225,8 +206,8 @@ class AudioEncoder(nn.Module):
 
     def steps(self, mel: mx.array) -> Steps[mx.array]:
         """`__call__`, evaluated and paused after the convolutions and each block."""
-        x = gelu(self.conv1(mel.transpose(0, 2, 1)))
-        x = gelu(self.conv2(x))
+        x = self.ops.gelu(self.conv1(mel.transpose(0, 2, 1)))
+        x = self.ops.gelu(self.conv2(x))
         x = x + self.positions[: x.shape[1]]
         mx.eval(x)
         yield
@@ -305,16 +286,22 @@ class Whisper(nn.Module):
     def __init__(self, dims: WhisperDims) -> None:
         super().__init__()
         self.dims = dims
+        self.ops = MLX_OPS
         self.encoder = AudioEncoder(dims)
         self.decoder = TextDecoder(dims)
-        self._projection: cpu_ops.Projection | None = None
-        self._cpu_decoder: CpuTextDecoder | None = None
 
-    def encode(self, mel: mx.array) -> list[tuple[mx.array, mx.array]]:
+    def use_ops(self, ops: WhisperOps) -> None:
+        """Compute with `ops` from now on (every module that calls one)."""
+        self.ops = ops
+        for _, module in self.named_modules():
+            if hasattr(module, "ops"):
+                module.ops = ops
+
+    def encode(self, mel: mx.array) -> KVCache:
         """One window's cross-attention K/V per decoder layer; computed once, reused per token."""
         return run_to_end(self.encode_steps(mel))
 
-    def encode_steps(self, mel: mx.array) -> Steps[list[tuple[mx.array, mx.array]]]:
+    def encode_steps(self, mel: mx.array) -> Steps[KVCache]:
         """`encode`, evaluated and paused layer by layer (the engine's chat steps run in
         between)."""
         audio = yield from self.encoder.steps(mel)
@@ -322,32 +309,23 @@ class Whisper(nn.Module):
         mx.eval(cross_kv)
         return cross_kv
 
-    def prepare_for_decoding(self) -> None:
-        """Store the decoder's weights in the layout few-row matmuls run fastest in (CPU).
+    def numpy_logits(self, hidden: mx.array, *evaluate: object) -> np.ndarray:
+        """Logits [B, P, V] as float32 numpy of final hidden states [B, P, d] (through
+        `ops.project` when one is injected), evaluating `evaluate` in the same pass."""
+        if self.ops.project is None:
+            out = self.decoder.logits(hidden)
+            mx.eval(out, *evaluate)
+            return np.array(out, dtype=np.float32)
+        mx.eval(hidden, *evaluate)
+        return self.ops.project(hidden).reshape(*hidden.shape[:2], -1)
 
-        Call once, after the weights are loaded: weight shapes change to [in, out].
-        """
+    def store_decoder_input_major(self) -> None:
+        """Store the decoder's weights input-major (`Dense`): faster few-row matmuls on a
+        CPU BLAS. Call once, after the weights are loaded: weight shapes become [in, out]."""
         for _, module in self.decoder.named_modules():
             if isinstance(module, Dense):
                 module.make_input_major()
         mx.eval(self.decoder.parameters())
-        self.projection()
-
-    def projection(self) -> cpu_ops.Projection:
-        """The CPU logits projection, built on first use (a transposed embedding copy)."""
-        if self._projection is None:
-            self._projection = cpu_ops.Projection(self.decoder.token_embedding.weight)
-        return self._projection
-
-    def cpu_decoder(self) -> CpuTextDecoder:
-        """The numpy decoder for CPU decode steps, built on first use (after
-        `prepare_for_decoding`, whose weight layout it copies)."""
-        if self._cpu_decoder is None:
-            from app.models.whisper.cpu_decoder import CpuTextDecoder
-
-            self.prepare_for_decoding()
-            self._cpu_decoder = CpuTextDecoder(self)
-        return self._cpu_decoder
 
     @property
     def is_multilingual(self) -> bool:

@@ -1,0 +1,263 @@
+"""Decode steps of Llama-family chat models in numpy, on the CPU.
+
+A decode step multiplies a few rows (one per running stream) by every weight, so it is
+bound by reading the weights. Through MLX each matmul is an OpenBLAS sgemm that first
+packs the whole weight; with `PanelMatmul` (app/accel/cpu/panels.py) the weights are
+read once, as they lie. For SmolLM2-135M in float32 a batch-8 step took ~48 ms this way
+against 80-110 ms through mlx-lm, one row ~40 ms against ~60 (`bench/micro_cpu_decode.py`).
+
+Prefill stays in MLX (its matmuls have hundreds of rows and run at full sgemm speed), and
+so does everything else about the cache: this module reads and writes the K/V buffers of
+mlx-lm's `BatchKVCache` in place, through numpy views of their memory, and keeps the
+cache's bookkeeping (`_idx`, `offset`) as mlx-lm would. It takes only what it can
+reproduce exactly: llama/mistral/qwen2/qwen3, float32 `nn.Linear` weights, plain or
+Llama-3 RoPE, no sliding window; `build` returns None for anything else and the caller
+keeps the MLX path.
+
+The panels are a second copy of the weights (MLX's prefill needs its own layout: through
+panels its matmuls ran 11-60% slower). So the copy is made only while it takes at most
+a quarter of the memory available; a bigger model decodes through MLX.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+from mlx.utils import tree_flatten
+from mlx_lm.models.cache import BatchKVCache
+from mlx_lm.models.rope_utils import Llama3RoPE
+
+from app.accel.cpu.kernels import softmax_np_
+from app.accel.cpu.panels import PanelMatmul
+from app.kv.sizing import meminfo_available
+
+logger = logging.getLogger(__name__)
+
+# one block shape: qwen2 adds q/k/v biases, qwen3 RMSNorms of q and k per head
+SUPPORTED_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+MAX_ROWS = 8  # panels are sized for up to this many rows (more still work, a little slower)
+MAX_MEMORY_FRACTION = 0.25  # of MemAvailable, for the panel copy of the weights
+MASKED = np.float32(-1e30)
+OWNED_ATTR = "_mlxd_owned"  # set on a BatchKVCache: the K/V arrays we may write into
+
+
+@dataclass(slots=True)
+class _Layer:
+    attn_norm: np.ndarray
+    qkv: PanelMatmul  # q | k | v, one read of the input
+    out: PanelMatmul
+    mlp_norm: np.ndarray
+    gate_up: PanelMatmul  # gate | up
+    down: PanelMatmul
+    head_norms: tuple[np.ndarray, np.ndarray, np.float32] | None = None
+    """qwen3: RMSNorm weights of each q head and each k head, and their eps."""
+
+
+class CpuLlamaDecoder:
+    """One decode step for every row of a `BatchKVCache` batch, in numpy."""
+
+    def __init__(self, model: Any) -> None:
+        args = model.args
+        body = model.model
+        attn = body.layers[0].self_attn
+        self.heads, self.kv_heads = attn.n_heads, attn.n_kv_heads
+        self.head_dim = _head_dim(attn)
+        self.scale = np.float32(attn.scale)
+        self.eps = np.float32(args.rms_norm_eps)
+        self.inv_freq, self.rope_scale = _rope_frequencies(attn.rope, self.head_dim)
+        self.embedding = _f32(body.embed_tokens.weight)
+        self.norm = _f32(body.norm.weight)
+        self.layers = [self._layer(block) for block in body.layers]
+        head = body.embed_tokens.weight if args.tie_word_embeddings else model.lm_head.weight
+        self.head = PanelMatmul(_f32(head).T, max_rows=MAX_ROWS)
+
+    @staticmethod
+    def build(model: Any, available: int | None = None) -> CpuLlamaDecoder | None:
+        """The decoder for `model`, or None (logged) when it can't or shouldn't run it;
+        `available`: bytes of memory free for the copy (default: MemAvailable)."""
+        reason = _unsupported(model)
+        if reason is None:
+            weights = sum(int(getattr(item[1], "nbytes", 0))
+                          for item in tree_flatten(model.parameters()))
+            free = available if available is not None else meminfo_available()
+            if free is None or weights > MAX_MEMORY_FRACTION * free:
+                reason = (f"a {weights / (1 << 20):.0f} MiB panel copy of the weights does "
+                          f"not fit in a quarter of the free memory")
+        if reason:
+            logger.info("numpy decode steps off for this model: %s", reason)
+            return None
+        logger.info("decode steps in numpy with panel matmuls (CPU)")
+        return CpuLlamaDecoder(model)
+
+    def _layer(self, block: Any) -> _Layer:
+        a, m = block.self_attn, block.mlp
+        q_norm: Any = getattr(a, "q_norm", None)
+        k_norm: Any = getattr(a, "k_norm", None)
+        return _Layer(
+            attn_norm=_f32(block.input_layernorm.weight),
+            qkv=_stacked([a.q_proj, a.k_proj, a.v_proj]),
+            out=_stacked([a.o_proj]),
+            mlp_norm=_f32(block.post_attention_layernorm.weight),
+            gate_up=_stacked([m.gate_proj, m.up_proj]),
+            down=_stacked([m.down_proj]),
+            head_norms=None if q_norm is None else
+            (_f32(q_norm.weight), _f32(k_norm.weight), np.float32(q_norm.eps)),
+        )
+
+    def supports(self, caches: list[Any]) -> bool:
+        return all(type(c) is BatchKVCache and c.keys is not None for c in caches)
+
+    @staticmethod
+    def release(caches: list[Any]) -> None:
+        """Forget the buffers this decoder wrote into (the MLX forward takes over and
+        replaces them; holding on would keep a second copy of the cache alive)."""
+        for c in caches:
+            c.__dict__.pop(OWNED_ATTR, None)
+
+    def step(self, tokens: np.ndarray, caches: list[BatchKVCache]) -> np.ndarray:
+        """Logits [B, V] for one new token per row, tokens [B]; extends every cache."""
+        b = tokens.shape[0]
+        first = caches[0]
+        offset = np.asarray(first.offset)  # per row: position of the new token
+        positions = offset.astype(np.float32) * self.rope_scale
+        valid_from = np.asarray(first.left_padding)  # row b's keys start here
+        end = first._idx + 1
+        cos, sin = self._rope_tables(positions)
+        # left padding: row b's keys before valid_from[b] are not attended to
+        mask = np.where(np.arange(end)[None, :] < valid_from[:, None], MASKED, np.float32(0))
+        mask = mask[:, None, None, :]  # [B, 1, 1, end]
+        x = self.embedding[tokens]
+        for layer, cache in zip(self.layers, caches, strict=True):
+            keys, values = _buffers(cache)
+            x = x + self._attention(layer, _rms_norm(x, layer.attn_norm, self.eps),
+                                    keys, values, end, cos, sin, mask)
+            gate_up = layer.gate_up(_rms_norm(x, layer.mlp_norm, self.eps))
+            half = gate_up.shape[-1] // 2
+            x = x + layer.down(_silu(gate_up[:, :half]) * gate_up[:, half:])
+        next_offset = mx.array(offset + 1)  # one evaluated array, not a growing lazy chain
+        for c in caches:
+            c._idx = end
+            c.offset = next_offset
+        return self.head(_rms_norm(x, self.norm, self.eps)).reshape(b, -1)
+
+    def _attention(self, layer: _Layer, x: np.ndarray, keys: np.ndarray, values: np.ndarray,
+                   end: int, cos: np.ndarray, sin: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        b = x.shape[0]
+        h, hkv, d = self.heads, self.kv_heads, self.head_dim
+        qkv = layer.qkv(x)
+        qk = qkv[:, : (h + hkv) * d].reshape(b, h + hkv, d)
+        if layer.head_norms is not None:
+            q_w, k_w, eps = layer.head_norms
+            qk = np.concatenate([_rms_norm(qk[:, :h], q_w, eps),
+                                 _rms_norm(qk[:, h:], k_w, eps)], axis=1)
+        qk = _rope(qk, cos, sin)
+        keys[:, :, end - 1] = qk[:, h:]
+        values[:, :, end - 1] = qkv[:, (h + hkv) * d :].reshape(b, hkv, d)
+        # grouped queries: the rep query heads of a kv head are rows of one matmul
+        q = qk[:, :h].reshape(b, hkv, h // hkv, d) * self.scale
+        scores = q @ keys[:, :, :end].transpose(0, 1, 3, 2)  # [B, Hkv, rep, end]
+        scores += mask
+        out = softmax_np_(scores) @ values[:, :, :end]  # [B, Hkv, rep, d]
+        return layer.out(out.reshape(b, h * d))
+
+    def _rope_tables(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        angles = positions[:, None] * self.inv_freq[None, :]  # [B, d/2]
+        return np.cos(angles)[:, None, :], np.sin(angles)[:, None, :]
+
+
+def _unsupported(model: Any) -> str | None:
+    args = getattr(model, "args", None)
+    body = getattr(model, "model", None)
+    if args is None or body is None or getattr(args, "model_type", None) not in SUPPORTED_TYPES:
+        return f"model type {getattr(args, 'model_type', None)!r} is not one of {SUPPORTED_TYPES}"
+    if getattr(body, "swa_idx", None) is not None:
+        return "sliding-window layers"
+    if getattr(body, "pipeline_size", 1) != 1:
+        return "pipeline-parallel model"
+    attn = body.layers[0].self_attn
+    rope = attn.rope
+    if type(rope) not in (nn.RoPE, Llama3RoPE) or rope.traditional \
+            or rope.dims != _head_dim(attn):
+        return f"RoPE variant {type(rope).__name__}"
+    for name, module in model.named_modules():
+        if isinstance(module, nn.QuantizedLinear | nn.QuantizedEmbedding):
+            return f"{name} is quantized"
+        if isinstance(module, nn.Linear) and type(module) is not nn.Linear:
+            return f"{name} is {type(module).__name__}"
+        if isinstance(module, nn.Linear | nn.Embedding) and module.weight.dtype != mx.float32:
+            return f"{name} is {module.weight.dtype}"
+    return None
+
+
+def _buffers(cache: Any) -> tuple[np.ndarray, np.ndarray]:  # a BatchKVCache
+    """Writable numpy views of a layer's K/V with room for one more position.
+
+    The first time a buffer is seen (a new batch, a row joined or left, growth) it is
+    copied once into memory no other array references: MLX arrays may share a buffer (a
+    slice of a bigger array), and writing in place must reach only this cache. The
+    copies are remembered on the cache object, so they go when it goes.
+    """
+    need = cache._idx + 1
+    owned = getattr(cache, OWNED_ATTR, None)
+    if need > cache.keys.shape[2]:  # grow: the padded copies are fresh buffers already
+        grow = -(-need // BatchKVCache.step) * BatchKVCache.step - cache._idx
+        pad = [(0, 0), (0, 0), (0, grow), (0, 0)]
+        cache.keys = mx.pad(cache.keys[..., : cache._idx, :], pad)
+        cache.values = mx.pad(cache.values[..., : cache._idx, :], pad)
+    elif owned is None or owned[0] is not cache.keys or owned[1] is not cache.values:
+        # one copy each (numpy view in, fresh MLX buffer out)
+        cache.keys = mx.array(np.asarray(cache.keys))
+        cache.values = mx.array(np.asarray(cache.values))
+    else:
+        return np.asarray(cache.keys), np.asarray(cache.values)
+    mx.eval(cache.keys, cache.values)
+    setattr(cache, OWNED_ATTR, (cache.keys, cache.values))
+    return np.asarray(cache.keys), np.asarray(cache.values)
+
+
+def _rope_frequencies(rope: Any, head_dim: int) -> tuple[np.ndarray, np.float32]:
+    """(inverse frequency per rotated pair, position scale) of nn.RoPE or Llama3RoPE."""
+    if isinstance(rope, Llama3RoPE):  # angle = position / freqs (mx.fast.rope's freqs=)
+        return (1.0 / np.asarray(rope._freqs, dtype=np.float32)).astype(np.float32), \
+            np.float32(1.0)
+    # nn.RoPE: base^(-2i/d), positions scaled by rope.scale
+    half = np.arange(0, head_dim // 2, dtype=np.float32)
+    return (rope.base ** (-half * 2.0 / head_dim)).astype(np.float32), np.float32(rope.scale)
+
+
+def _head_dim(attn: Any) -> int:
+    # llama keeps head_dim on the module; qwen2 only derives it
+    return int(getattr(attn, "head_dim", attn.q_proj.weight.shape[0] // attn.n_heads))
+
+
+def _f32(a: mx.array) -> np.ndarray:
+    return np.asarray(a, dtype=np.float32)
+
+
+def _stacked(linears: list[nn.Linear]) -> PanelMatmul:
+    """Several projections of one input as one [in, sum(out)] matmul."""
+    weight = np.concatenate([_f32(m.weight) for m in linears], axis=0).T
+    biases = [_f32(m.bias) for m in linears if "bias" in m]
+    bias = np.concatenate(biases) if len(biases) == len(linears) else None
+    return PanelMatmul(weight, bias, max_rows=MAX_ROWS)
+
+
+def _rms_norm(x: np.ndarray, weight: np.ndarray, eps: np.float32) -> np.ndarray:
+    return x * (1.0 / np.sqrt(np.square(x).mean(axis=-1, keepdims=True) + eps)) * weight
+
+
+def _rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
+    """Rotate x [B, H, d] by half-split pairs (nn.RoPE, traditional=False)."""
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    return np.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+
+
+def _silu(x: np.ndarray) -> np.ndarray:
+    with np.errstate(over="ignore"):  # exp(-x) -> inf for x < -88: silu -> -0, as in MLX
+        return x / (1.0 + np.exp(-x))

@@ -1,0 +1,195 @@
+"""The model manager: load, accelerate, warm up, wire the KV store, unload when idle.
+
+Engine thread only (loading builds MLX arrays). The serving layer sees a loaded model
+only through its handle (`ChatModelHandle`, `TranscriptionModelHandle`): no MLX arrays.
+What a model computes with is decided here, once, by app.accel.choose.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass
+
+import mlx.core as mx
+
+from app.accel.choose import accelerate_chat, accelerate_whisper
+from app.engine import forward
+from app.engine.asr import AsrQueue
+from app.engine.kv_bridge import KVBridge, measure_kv_bytes_per_token
+from app.engine.runner import ChatRunner
+from app.engine.scheduler import Scheduler
+from app.kv.sizing import default_budget_bytes
+from app.kv.store import KVStore
+from app.models.registry import ModelSpec, Registry, resolve_parts, resolve_source
+from app.models.types import LoadedChatModel, TextTokenizer
+from app.models.whisper.load import WhisperBundle, load_whisper
+from app.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+UNLOAD_CHECK_SECONDS = 1.0  # how often an idle engine looks for models past their TTL
+
+
+@dataclass(slots=True)
+class ChatModelHandle:
+    """What the serving layer may know of a loaded chat model (no MLX arrays)."""
+
+    spec: ModelSpec
+    tokenizer: TextTokenizer
+    context_length: int
+    fingerprint: str
+    dtype: str
+
+
+@dataclass(slots=True)
+class TranscriptionModelHandle:
+    """A loaded Whisper model; serving builds jobs from its bundle (run on the engine)."""
+
+    spec: ModelSpec
+    bundle: WhisperBundle
+    is_multilingual: bool
+
+
+def load_chat_model(spec: ModelSpec, settings: Settings) -> LoadedChatModel:
+    """Read a chat model's weights and choose what it computes with."""
+    path = resolve_source(spec, offline=settings.hf_offline)
+    if path.suffix == ".gguf":
+        from app.models.gguf import load_gguf
+
+        loaded = load_gguf(path, dtype=spec.dtype, context_length=spec.context_length)
+    else:
+        from app.models.hf import load_hf
+
+        loaded = load_hf(path, dtype=spec.dtype, context_length=spec.context_length)
+    accelerate_chat(loaded, settings)
+    return loaded
+
+
+class ModelManager:
+    def __init__(self, settings: Settings, registry: Registry) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.runners: dict[str, ChatRunner] = {}
+        self.asr = AsrQueue()
+        self._handles: dict[str, ChatModelHandle] = {}
+        self._asr_models: dict[str, TranscriptionModelHandle] = {}
+        self._last_used: dict[str, float] = {}
+        self._next_unload_check = 0.0
+
+    # -- lookups (any thread: plain dict reads) ---------------------------------------
+    def chat_handle(self, model_id: str) -> ChatModelHandle | None:
+        return self._handles.get(model_id)
+
+    def transcription_handle(self, model_id: str) -> TranscriptionModelHandle | None:
+        return self._asr_models.get(model_id)
+
+    def touch(self, model_id: str) -> None:
+        self._last_used[model_id] = time.monotonic()
+
+    # -- loading (engine thread) -------------------------------------------------------
+    def ensure_chat(self, spec: ModelSpec) -> ChatModelHandle:
+        if spec.id in self._handles:
+            return self._handles[spec.id]
+        t0 = time.perf_counter()
+        loaded = load_chat_model(spec, self.settings)
+        try:
+            forward.warm_up(loaded.model)
+        except Exception:  # a model that can't batch still serves single requests
+            logger.warning("warm-up forward failed for %s", spec.id, exc_info=True)
+        handle = self.add_chat_model(spec, loaded)
+        logger.info("loaded chat model %s (%s, context %d) in %.1fs on %s; computes with %s",
+                    spec.id, loaded.dtype, handle.context_length, time.perf_counter() - t0,
+                    mx.default_device(), loaded.acceleration)
+        return handle
+
+    def add_chat_model(self, spec: ModelSpec, loaded: LoadedChatModel) -> ChatModelHandle:
+        """Serve an already-loaded model (benchmarks build models in memory)."""
+        ctx = min(spec.context_length or loaded.context_length, loaded.context_length)
+        loaded.context_length = ctx
+        scheduler = Scheduler(
+            max_batch=self.settings.max_batch,
+            idle_chunk=self.settings.prefill_chunk,
+            busy_chunk_seconds=self.settings.prefill_busy_seconds,
+        )
+        kv = self._kv_bridge(spec, loaded) if self.settings.kv_cache else None
+        self.runners[spec.id] = ChatRunner(loaded, scheduler, kv)
+        handle = ChatModelHandle(spec, loaded.tokenizer, ctx, loaded.fingerprint, loaded.dtype)
+        self._handles[spec.id] = handle
+        self.touch(spec.id)
+        return handle
+
+    def ensure_transcription(self, spec: ModelSpec) -> TranscriptionModelHandle:
+        if spec.id in self._asr_models:
+            return self._asr_models[spec.id]
+        t0 = time.perf_counter()
+        bundle = load_whisper(resolve_source(spec, offline=self.settings.hf_offline),
+                              parts=resolve_parts(spec))
+        ops = accelerate_whisper(bundle.model, self.settings)
+        handle = TranscriptionModelHandle(spec, bundle, bool(bundle.is_multilingual))
+        self._asr_models[spec.id] = handle
+        self.touch(spec.id)
+        logger.info("loaded transcription model %s (%s, %s) in %.1fs; computes with %s",
+                    spec.id, bundle.format, bundle.dtype, time.perf_counter() - t0, ops)
+        return handle
+
+    def runner_for(self, model_id: str) -> ChatRunner | None:
+        """The runner of a chat model, loading it again if it was unloaded (idle TTL)
+        between the route's lookup and now."""
+        runner = self.runners.get(model_id)
+        spec = self.registry.get(model_id)
+        if runner is None and spec is not None:
+            try:
+                self.ensure_chat(spec)
+            except Exception:
+                logger.exception("reloading %s failed", model_id)
+            runner = self.runners.get(model_id)
+        self.touch(model_id)
+        return runner
+
+    def _kv_bridge(self, spec: ModelSpec, loaded: LoadedChatModel) -> KVBridge:
+        # One budget over all caches of all models; each model has its own store.
+        budget = self.settings.kv_budget_bytes or default_budget_bytes()
+        persist = None
+        if self.settings.kv_dir is not None:
+            safe = hashlib.sha256(spec.id.encode()).hexdigest()[:16]
+            persist = self.settings.kv_dir / safe
+        store = KVStore(budget, loaded.fingerprint, persist)
+        per_token = measure_kv_bytes_per_token(loaded.model)
+        logger.info("KV cache for %s: %d bytes/token, budget %.0f MiB, persist %s",
+                    spec.id, per_token, budget / 2**20, persist)
+        return KVBridge(store, per_token)
+
+    # -- housekeeping (engine thread) ----------------------------------------------------
+    def unload_idle(self, ttl: float) -> None:
+        """Drop models idle longer than `ttl` (never the default chat model); their named
+        KV sessions are written to disk first so they survive the unload."""
+        now = time.monotonic()
+        if now < self._next_unload_check:
+            return
+        self._next_unload_check = now + UNLOAD_CHECK_SECONDS
+        for mid, runner in list(self.runners.items()):
+            if mid == self.registry.default_chat or runner.has_work:
+                continue
+            if now - self._last_used.get(mid, now) > ttl:
+                if runner.kv is not None:
+                    runner.kv.store.persist_all()
+                    runner.kv.store.clear()
+                del self.runners[mid], self._handles[mid]
+                logger.info("unloaded chat model %s after %.0fs idle", mid, ttl)
+        for mid in list(self._asr_models):
+            if not self.asr.has_work and now - self._last_used.get(mid, now) > ttl:
+                del self._asr_models[mid]  # queued jobs hold their own reference
+                logger.info("unloaded transcription model %s after %.0fs idle", mid, ttl)
+
+    def shutdown(self, message: str) -> None:
+        """End every request with `message` and write named KV sessions to disk."""
+        self.asr.abort_all(message)
+        for runner in self.runners.values():
+            runner.abort_all(message)
+            if runner.kv is not None:
+                written = runner.kv.store.persist_all()
+                if written:
+                    logger.info("persisted %d session caches of %s", written,
+                                runner.loaded.fingerprint[:12])

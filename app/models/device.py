@@ -1,0 +1,10 @@
+"""Which device MLX computes on: the loaders pick compute dtypes by it."""
+
+from __future__ import annotations
+
+import mlx.core as mx
+
+
+def on_cpu() -> bool:
+    """True when MLX computes on the CPU (the `mlx[cpu]` wheel, or a forced CPU device)."""
+    return bool(mx.default_device() == mx.cpu)

@@ -1,0 +1,113 @@
+"""Numpy decode steps (app/accel/cpu/llama_decoder.py) against mlx-lm's forward on one batch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+import pytest
+from mlx.utils import tree_flatten
+from mlx_lm.models.cache import BatchKVCache, make_prompt_cache
+
+from app.accel.cpu.llama_decoder import CpuLlamaDecoder
+from app.models.hf import load_hf
+from tests.tiny_model import build_tiny_llama, random_model
+
+pytestmark = pytest.mark.skipif(mx.default_device() != mx.cpu,
+                                reason="numpy decode steps run on the CPU only")
+
+
+@pytest.fixture(scope="module", params=["llama", "qwen2", "qwen3", "llama3"])
+def model(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    if request.param != "llama":
+        return random_model(request.param)
+    # 4 layers, prompts long enough that decoding crosses the cache's 256-slot growth
+    return load_hf(build_tiny_llama(tmp_path_factory.mktemp("tiny"), layers=4)).model
+
+
+def _batch(model: Any, prompts: list[list[int]]) -> list[BatchKVCache]:
+    """A left-padded batch cache prefilled with `prompts` by MLX."""
+    width = max(map(len, prompts))
+    caches = [BatchKVCache([width - len(p) for p in prompts]) for _ in model.layers]
+    tokens = mx.array([[0] * (width - len(p)) + p for p in prompts])
+    mx.eval(model(tokens, cache=caches))
+    return caches
+
+
+def _single(model: Any, prompt: list[int]) -> list[BatchKVCache]:
+    cache = make_prompt_cache(model)
+    mx.eval(model(mx.array([prompt]), cache=cache))
+    return [BatchKVCache.merge([c]) for c in cache]
+
+
+def _prompt(seed: int, n: int) -> list[int]:
+    return [int(t) for t in np.random.default_rng(seed).integers(3, 300, n)]
+
+
+def _assert_close(got: np.ndarray, want: np.ndarray) -> None:
+    np.testing.assert_allclose(got, want, atol=1e-4 * float(np.abs(want).max()), rtol=0)
+    assert (got.argmax(-1) == want.argmax(-1)).all()
+
+
+def test_steps_match_mlx_through_growth_joins_and_leaves(model: Any) -> None:
+    dec = CpuLlamaDecoder.build(model)
+    assert dec is not None
+    prompts = [_prompt(i, n) for i, n in enumerate([250, 241, 7])]
+    ours, ref = _batch(model, prompts), _batch(model, prompts)
+    tokens = np.array([5, 6, 7])
+    for step in range(24):
+        want = np.array(model(mx.array(tokens)[:, None], cache=ref)[:, -1])
+        assert dec.supports(ours)
+        got = dec.step(tokens, ours)
+        _assert_close(got, want)
+        tokens = want.argmax(-1)
+        if step == 8:  # the longest row leaves: filter() then trims the common left
+            before = ours[0]._idx
+            for c in (*ours, *ref):  # padding, leaving K/V as a strided slice
+                c.filter([1, 2])
+            assert ours[0]._idx == before - 9  # row 1's 9 padding slots trimmed
+            tokens = tokens[[1, 2]]
+        if step == 14:  # a new prompt joins, as the runner merges a prefilled row
+            joining = _prompt(9, 30)
+            for batch, new in ((ours, _single(model, joining)), (ref, _single(model, joining))):
+                for c, n in zip(batch, new, strict=True):
+                    c.extend(n)
+            tokens = np.append(tokens, 11)
+    assert ours[0].keys.shape[2] > 256  # grew past the first block
+    assert ours[0]._idx == ref[0]._idx
+    np.testing.assert_array_equal(np.array(ours[0].offset), np.array(ref[0].offset))
+    # what the store keeps for a leaving row is the same K/V
+    for c_ours, c_ref in zip(ours, ref, strict=True):
+        for i in range(3):
+            np.testing.assert_allclose(np.array(c_ours.extract(i).keys),
+                                       np.array(c_ref.extract(i).keys), atol=1e-4)
+
+
+def test_writes_never_reach_arrays_that_share_the_buffer(model: Any) -> None:
+    dec = CpuLlamaDecoder.build(model)
+    assert dec is not None
+    caches = _batch(model, [_prompt(1, 20), _prompt(2, 12)])
+    before = [np.array(c.keys) for c in caches]
+    alias = [c.keys for c in caches]  # e.g. a slice or an extract made earlier
+    dec.step(np.array([3, 4]), caches)
+    for a, b in zip(alias, before, strict=True):
+        np.testing.assert_array_equal(np.array(a), b)
+
+
+def test_models_it_cannot_reproduce_keep_the_mlx_path(tmp_path: Path) -> None:
+    quantized = load_hf(build_tiny_llama(tmp_path / "q")).model
+    nn.quantize(quantized, group_size=32, bits=8)
+    assert CpuLlamaDecoder.build(quantized) is None
+    traditional = load_hf(build_tiny_llama(tmp_path / "t")).model
+    for layer in traditional.model.layers:
+        layer.self_attn.rope.traditional = True
+    assert CpuLlamaDecoder.build(traditional) is None
+
+
+def test_no_panel_copy_without_the_memory_for_it(model: Any) -> None:
+    weights = sum(v.nbytes for _, v in tree_flatten(model.parameters()))
+    assert CpuLlamaDecoder.build(model, available=2 * weights) is None
+    assert CpuLlamaDecoder.build(model, available=8 * weights) is not None
