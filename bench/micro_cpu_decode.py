@@ -1,4 +1,4 @@
-"""In-process measurements behind app/accel/cpu/panels.py, cpu_llama.py and the Whisper
+"""In-process measurements behind app/accel/cpu/panels.py, llama_decoder.py and the Whisper
 numpy decoder: decode steps through MLX against numpy with panel matmuls.
 
     .venv/bin/python bench/micro_cpu_decode.py [--reps 3] [--out micro-cpu-decode.md]

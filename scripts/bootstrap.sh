@@ -9,7 +9,7 @@ VENV="$ROOT/.venv"
 PY="${PYTHON:-python3}"
 STAMP="$VENV/.mlxd-bootstrap"
 # Bump when the install steps below change, so existing venvs get refreshed.
-BOOTSTRAP_VERSION="4"
+BOOTSTRAP_VERSION="5"
 WANT_DEV="${1:-}"
 
 log() { printf '[bootstrap] %s\n' "$*" >&2; }

@@ -8,6 +8,10 @@ import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from app.audio.mel import N_FRAMES
+
 LIBRIVOX = Path("/usr/share/pocketsphinx/test/data/librivox")
 
 _ONES = [
@@ -92,3 +96,10 @@ def load_whisper_as_served(path: Path | None = None) -> Any:
     bundle = load_whisper(path or tiny_en_path())  # type: ignore[arg-type]
     accelerate_whisper(bundle.model, Settings())
     return bundle
+
+
+def pad_or_trim(mel: np.ndarray, n_frames: int = N_FRAMES) -> np.ndarray:
+    """Cut or zero-pad the frame axis of `mel` [n_mels, frames] to `n_frames`."""
+    if mel.shape[-1] >= n_frames:
+        return mel[:, :n_frames]
+    return np.pad(mel, ((0, 0), (0, n_frames - mel.shape[-1])))

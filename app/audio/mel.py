@@ -101,10 +101,3 @@ def log_mel_spectrogram(audio: np.ndarray, n_mels: int = 80, padding: int = 0) -
     log_spec = np.log10(np.maximum(mel, LOG_FLOOR))
     log_spec = np.maximum(log_spec, log_spec.max() - DYNAMIC_RANGE)
     return ((log_spec + 4.0) / 4.0).astype(np.float32)
-
-
-def pad_or_trim(mel: np.ndarray, n_frames: int = N_FRAMES) -> np.ndarray:
-    """Cut or zero-pad the frame axis of `mel` [n_mels, frames] to `n_frames`."""
-    if mel.shape[-1] >= n_frames:
-        return mel[:, :n_frames]
-    return np.pad(mel, ((0, 0), (0, n_frames - mel.shape[-1])))

@@ -116,9 +116,6 @@ class Engine:
     def abort(self, request_id: int) -> None:
         self._commands.put(lambda: self._abort(request_id))
 
-    def loaded_transcription(self, model_id: str) -> TranscriptionModelHandle | None:
-        return self.models.transcription_handle(model_id)
-
     async def transcription_model(self, spec: ModelSpec) -> TranscriptionModelHandle:
         handle = self.models.transcription_handle(spec.id)
         if handle is None:

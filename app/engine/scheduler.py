@@ -32,11 +32,6 @@ class StepPlan:
     """Prompt tokens this step for a single sequence; the padded width for a group."""
     decode: bool = False
 
-    @property
-    def idle(self) -> bool:
-        return not self.prefill and not self.decode
-
-
 @dataclass(slots=True)
 class Scheduler:
     max_batch: int = 32

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from app.engine.request import Delta, Finished, FinishReason, GenerationRequest, TokenLogprob, Usage
 from app.engine.sampling import RowSampler
 from app.engine.stream import RequestStream
+from app.kv.records import KVEntry
 from app.text.detokenize import IncrementalDetokenizer
 from app.text.stops import StopMatcher
 
@@ -25,7 +27,7 @@ class Sequence:
     """Prompt tokens whose KV is computed (cached or prefilled)."""
     cached_tokens: int = 0
     cache_info: str | None = None
-    cache_entry: Any = None
+    cache_entry: KVEntry | None = None
     """A pinned KV store entry whose prefix seeds the first prefill chunk."""
     reserved_bytes: int = 0
     """KV bytes reserved in the store's budget for this request."""
@@ -44,12 +46,7 @@ class Sequence:
     def prefill_remaining(self) -> int:
         return len(self.req.prompt_tokens) - self.prefilled
 
-    @property
-    def kv_tokens(self) -> list[int]:
-        """Tokens whose KV the cache holds once decoding: the last sampled one is not fed yet."""
-        return self.req.prompt_tokens + self.generated[:-1]
-
-    def accept(self, token: int, decode_piece: Any, logprob: float | None,
+    def accept(self, token: int, decode_piece: Callable[[int], str], logprob: float | None,
                top: list[tuple[int, float]]) -> None:
         """Take a sampled token: emit stop-safe text; finish on eos, stop string or length."""
         self.generated.append(token)

@@ -1,4 +1,4 @@
-"""KV cache sizes: the theoretical footprint of a sequence and the default memory budget."""
+"""KV cache sizes: the bytes of cached arrays and the default memory budget."""
 
 from __future__ import annotations
 
@@ -21,13 +21,6 @@ MIN_BUDGET_BYTES = 64 << 20
 FALLBACK_BUDGET_BYTES = 1 << 30
 MEMINFO = Path("/proc/meminfo")
 KIB = 1024
-
-
-def theoretical_kv_bytes(
-    layers: int, kv_heads: int, head_dim: int, tokens: int, dtype_bytes: int
-) -> int:
-    """Bytes of keys + values for `tokens` positions (no step padding, no quantization)."""
-    return 2 * layers * kv_heads * head_dim * tokens * dtype_bytes
 
 
 def kv_nbytes(layers: Iterable[tuple[Any, Any]]) -> int:

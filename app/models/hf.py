@@ -20,8 +20,8 @@ from mlx_lm.utils import dequantize_model, get_total_parameters, load_model
 
 from app.models.device import on_cpu
 from app.models.gguf.loader import AUTO_DTYPE, DTYPES
+from app.models.hf_tokenizer import HFTokenizer
 from app.models.types import LoadedChatModel
-from app.text.tokenizer import HFTokenizer
 
 logger = logging.getLogger(__name__)
 

@@ -41,11 +41,6 @@ class Guard(Protocol):
     def __call__(self, work: Awaitable[T], /) -> Awaitable[T]: ...
 
 
-async def unguarded(work: Awaitable[T]) -> T:
-    """A Guard that only awaits (callers without a client connection: tests, scripts)."""
-    return await work
-
-
 def failure_error(event: Failed) -> APIError:
     """An engine failure before the first byte, as the HTTP error it becomes."""
     headers = {"Retry-After": str(event.retry_after)} if event.retry_after else None

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from mlx.utils import tree_flatten
 
-from app.models.whisper.ct2 import CT2FormatError, parse_ct2, read_ct2, whisper_weights, write_ct2
+from app.models.whisper.ct2 import CT2FormatError, parse_ct2, read_ct2, whisper_weights
+from tests.ct2_writer import write_ct2
 from tests.speech_fixtures import tiny_en_path
 
 D, HEADS, LAYERS, N_MELS, AUDIO_CTX, TEXT_CTX = 8, 2, 2, 80, 1500, 448

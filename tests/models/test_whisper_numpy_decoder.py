@@ -12,10 +12,10 @@ import pytest
 from app.accel.cpu.whisper_decoder import KV_GROWTH, NumpyTextDecoder, NumpyWindowSteps
 from app.accel.cpu.whisper_ops import Projection
 from app.audio.decode import decode_audio
-from app.audio.mel import log_mel_spectrogram, pad_or_trim
+from app.audio.mel import log_mel_spectrogram
 from app.models.whisper.decoding import DecodingOptions, WindowDecoder
 from app.models.whisper.mlx_steps import MlxWindowSteps
-from tests.speech_fixtures import LIBRIVOX, load_whisper_as_served, tiny_en_path
+from tests.speech_fixtures import LIBRIVOX, load_whisper_as_served, pad_or_trim, tiny_en_path
 
 pytestmark = [
     pytest.mark.skipif(tiny_en_path() is None or not LIBRIVOX.exists(),

@@ -9,8 +9,16 @@ import pytest
 
 from app.kv import persist
 from app.kv.layers import Layers, prefix_layers, snapshot_layers
-from app.kv.sizing import default_budget_bytes, theoretical_kv_bytes
+from app.kv.sizing import default_budget_bytes
 from app.kv.store import KVStore
+
+
+def theoretical_kv_bytes(
+    layers: int, kv_heads: int, head_dim: int, tokens: int, dtype_bytes: int
+) -> int:
+    """Bytes of keys + values for `tokens` positions (no step padding, no quantization)."""
+    return 2 * layers * kv_heads * head_dim * tokens * dtype_bytes
+
 
 N_LAYERS = 2
 KV_HEADS = 2

@@ -17,7 +17,7 @@ from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalize
 from tokenizers import pre_tokenizers as pre
 
 from app.text.chat_template import render_chat_template
-from app.text.tokenizer import end_of_turn_ids
+from app.text.special_tokens import end_of_turn_ids
 
 logger = logging.getLogger(__name__)
 

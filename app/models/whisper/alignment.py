@@ -21,7 +21,6 @@ from app.models.whisper.tokenizer import TIME_PRECISION
 logger = logging.getLogger(__name__)
 
 MEDIAN_FILTER_WIDTH = 7  # frames of smoothing on each head's attention
-FRAMES_PER_AUDIO_TOKEN = 2  # 10 ms mel frames per encoder position
 # Punctuation glued to the neighbouring word instead of getting a time of its own.
 PREPEND_PUNCTUATION = "\"'“¿([{-"
 APPEND_PUNCTUATION = "\"'.。,，!！?？:：”)]}、"

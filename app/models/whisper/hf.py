@@ -21,7 +21,6 @@ import mlx.core as mx
 logger = logging.getLogger(__name__)
 
 WEIGHT_GLOBS = ("*.safetensors", "weights.npz")
-SAFETENSORS_INDEX = "model.safetensors.index.json"
 
 # transformers names -> (our module, role); role picks the fused slot
 _HF_ATTN = {"q_proj": "q", "k_proj": "k", "v_proj": "v", "out_proj": "out"}

@@ -101,10 +101,6 @@ class WhisperTokenizer:
             seq.append(self.special.translate if task == "translate" else self.special.transcribe)
         return seq
 
-    def timestamp_token(self, seconds: float) -> int:
-        step = round(seconds / TIME_PRECISION)
-        return self.special.timestamp_begin + max(0, min(N_TIMESTAMPS - 1, step))
-
     # -- text -----------------------------------------------------------------------
     def encode(self, text: str) -> list[int]:
         return list(self._tok.encode(text, add_special_tokens=False).ids)
@@ -112,9 +108,6 @@ class WhisperTokenizer:
     def decode(self, ids: list[int]) -> str:
         """Text of `ids`; control and timestamp tokens are dropped."""
         return str(self._tok.decode([i for i in ids if i < self.special.eot]))
-
-    def decode_token_bytes(self, ids: list[int]) -> str:
-        return str(self._tok.decode(ids))
 
     def non_speech_tokens(self) -> list[int]:
         """Tokens of symbols and music notes that are never speech (suppress_tokens=-1)."""

@@ -69,7 +69,6 @@ class TranscriptionJob:
         self.prompt_reset_since = 0
         self.rng = np.random.default_rng(options.seed)
         self.windows = 0
-        self.compute_seconds = 0.0
         self._window: Steps[list[Segment]] | None = None  # the window in progress
 
     def _resolve_language(self, language: str | None) -> str | None:
@@ -99,8 +98,7 @@ class TranscriptionJob:
             if self.done:
                 return []
             self._window = self._next_window()
-        started = time.perf_counter()
-        deadline = None if budget_s is None else started + budget_s
+        deadline = None if budget_s is None else time.perf_counter() + budget_s
         try:
             while True:
                 next(self._window)
@@ -109,8 +107,6 @@ class TranscriptionJob:
         except StopIteration as stop:
             self._window = None
             return stop.value  # type: ignore[no-any-return]
-        finally:
-            self.compute_seconds += time.perf_counter() - started
 
     def _next_window(self) -> Steps[list[Segment]]:
         model = self.bundle.model

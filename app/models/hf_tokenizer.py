@@ -1,41 +1,20 @@
-"""Tokenizer pieces shared by every model format, and the tokenizer of HF folders.
+"""The `TextTokenizer` of a Hugging Face folder, over mlx-lm's tokenizer wrapper.
 
-No MLX here: the serving layer tokenizes outside the engine thread. A GGUF's own
-tokenizer is rebuilt from its metadata next to the GGUF loader (app/models/gguf/).
+Tokenizing needs no MLX: the serving layer tokenizes outside the engine thread. A
+GGUF's tokenizer is rebuilt from its metadata next to the GGUF loader (app/models/gguf/).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from app.text.chat_template import render_chat_template
+from app.text.special_tokens import end_of_turn_ids
 
 logger = logging.getLogger(__name__)
-
-# Texts of tokens that end a turn in common chat formats (llama.cpp's EOG list, abridged).
-END_OF_TURN_TOKENS = (
-    "<|im_end|>",
-    "<|eot_id|>",
-    "<|eom_id|>",
-    "<|end|>",
-    "<end_of_turn>",
-    "<|endoftext|>",
-    "<|end_of_text|>",
-    "<EOT>",
-)
-
-def end_of_turn_ids(eos_ids: set[int], vocab: Mapping[str, int], special_ids: set[int]) -> set[int]:
-    """`eos_ids` plus any special end-of-turn token (im_end, eot_id, ...) in the vocabulary."""
-    ids = set(eos_ids)
-    for text in END_OF_TURN_TOKENS:
-        token_id = vocab.get(text)
-        if token_id is not None and token_id in special_ids:
-            ids.add(token_id)
-    return ids
 
 
 @dataclass(slots=True)
