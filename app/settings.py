@@ -36,9 +36,10 @@ class Settings(BaseSettings):
     default_max_tokens: int | None = None
     """max_tokens when a request and models.yaml give none; None = the rest of the context."""
     cpu_fast_kernels: bool = True
-    """On the CPU, compute attention softmax and SwiGLU with a polynomial exp (~6x faster than
-    MLX's libm exp, rel. error < 1e-7) and run Llama decode steps in numpy with panel
-    matmuls (app/accel/cpu/llama_decoder.py); False = mlx-lm's own functions throughout."""
+    """On an x86 CPU, compute with app/accel/cpu/ where it is faster: polynomial-exp attention
+    and SwiGLU in mlx-lm, numpy decode steps for Llama-family chat models, numpy GELU/softmax,
+    logits and decode steps for Whisper (chosen per model at load, app/accel/choose.py);
+    False = MLX's and mlx-lm's own ops throughout, every model."""
     kv_cache: bool = True
     """Keep KV caches resident between requests (prefix reuse, sessions); False = always cold."""
     kv_budget_bytes: int | None = None
