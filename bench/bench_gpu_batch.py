@@ -12,11 +12,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from app.accel.process import prepare_process
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repo's `app`, uninstalled
+
+from app.accel.process import prepare_process  # noqa: E402
 
 prepare_process()  # OpenBLAS before mlx on a Linux CPU; nothing on the GPU machine
 
