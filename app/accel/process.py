@@ -27,14 +27,13 @@ def prepare_process() -> ProcessSetup:
 
 def describe_runtime() -> str:
     """One line for the start-up log: MLX version, device, BLAS, dtype, tuning."""
+    setup = prepare_process()  # before MLX loads, if nobody did it yet
     import mlx.core as mx
 
-    setup = prepare_process()
     device = mx.default_device()
     dtype = "float32 (CPU: half-precision matmuls are slow here)" if device == mx.cpu \
         else "model dtype (GPU)"
     version = getattr(mx, "__version__", "?")
     tuning = ", ".join(f"{k}={v}" for k, v in setup.tuning.items()) or "none"
-    return f"mlx {version}, device {device}, BLAS {setup.blas.name}" + \
-        (f" ({setup.blas.path})" if setup.blas.path else "") + f", compute dtype {dtype}" + \
-        f", CPU process tuning: {tuning}"
+    return f"mlx {version}, device {device}, BLAS {setup.blas.describe()}" + \
+        f", compute dtype {dtype}, CPU process tuning: {tuning}"
