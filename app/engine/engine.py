@@ -196,7 +196,7 @@ class Engine:
                                          status=400))
             return
         try:
-            sampler = RowSampler.create(req.sampling, req.prompt_tokens)
+            sampler = RowSampler.create(req.sampling, req.prompt_tokens, req.constraint)
         except Exception as exc:
             stream.put_threadsafe(Failed(f"invalid sampling parameters: {exc}",
                                          type="invalid_request_error", status=400))

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Protocol
+
+import numpy as np
 
 from app.audio.transcript import Segment, TranscriptionResult
 
@@ -38,6 +40,17 @@ class SamplingParams:
         return self.temperature <= 0.0
 
 
+class TokenConstraint(Protocol):
+    """Which tokens may come next (app/text/grammar.py's Constraint): asked before every
+    sampling step of its row, told every sampled token."""
+
+    def allowed(self, vocab: int) -> np.ndarray:
+        """bool[vocab] of the tokens that may be sampled next."""
+
+    def consume(self, token: int) -> bool:
+        """Advance past a sampled token; False when it was not allowed."""
+
+
 @dataclass(slots=True)
 class GenerationRequest:
     model_id: str
@@ -47,6 +60,8 @@ class GenerationRequest:
     stop: list[str] = field(default_factory=list)
     session: str | None = None
     """prompt_cache_key or X-Session-ID: a named resident KV cache."""
+    constraint: TokenConstraint | None = None
+    """Constrained decoding (structured output): only tokens it allows are sampled."""
     id: int = field(default_factory=next_request_id)
 
 

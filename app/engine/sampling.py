@@ -1,7 +1,7 @@
 """Token selection for a batch whose rows each carry their own parameters.
 
-Each row has a `RowSampler`: its logits processors (penalties, logit bias, and later
-a constrained-decoding token mask all use the same hook), its temperature/top-k/
+Each row has a `RowSampler`: its logits processors (penalties, logit bias and a
+constrained-decoding token mask all use the same hook), its temperature/top-k/
 top-p/min-p, and its own PRNG key so a seeded request gives the same tokens whatever
 else shares the batch. Greedy rows take one batched argmax.
 """
@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import mlx.core as mx
 
-from app.engine.request import SamplingParams
+from app.engine.request import SamplingParams, TokenConstraint
 
 # (generated token ids, logits[V]) -> logits[V]; a per-request hook.
 LogitsProcessor = Callable[[list[int], mx.array], mx.array]
@@ -60,6 +60,21 @@ def bias_processor(bias: dict[int, float]) -> LogitsProcessor | None:
     return apply
 
 
+def constraint_processor(constraint: TokenConstraint) -> LogitsProcessor:
+    """Mask every token the constraint does not allow next. Tokens sampled since the last
+    call are consumed first, so the mask is always for the position being sampled."""
+    seen = [0]
+
+    def apply(generated: list[int], logits: mx.array) -> mx.array:
+        for token in generated[seen[0] :]:
+            constraint.consume(token)
+        seen[0] = len(generated)
+        allowed = mx.array(constraint.allowed(logits.shape[-1]))
+        return mx.where(allowed, logits, NEG_INF)
+
+    return apply
+
+
 @dataclass(slots=True)
 class RowSampler:
     params: SamplingParams
@@ -67,9 +82,12 @@ class RowSampler:
     key: mx.array | None = None
 
     @classmethod
-    def create(cls, params: SamplingParams, prompt: Sequence[int]) -> RowSampler:
+    def create(cls, params: SamplingParams, prompt: Sequence[int],
+               constraint: TokenConstraint | None = None) -> RowSampler:
+        # The mask comes last: no bias or penalty can bring back a forbidden token.
         procs = [p for p in (penalty_processor(params, prompt),
-                             bias_processor(params.logit_bias)) if p]
+                             bias_processor(params.logit_bias),
+                             constraint_processor(constraint) if constraint else None) if p]
         key = None
         if not params.greedy:
             seed = params.seed

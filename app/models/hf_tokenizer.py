@@ -6,6 +6,7 @@ GGUF's tokenizer is rebuilt from its metadata next to the GGUF loader (app/model
 
 from __future__ import annotations
 
+import copy
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +53,15 @@ class HFTokenizer:
     def vocab_size(self) -> int:
         """Tokens the tokenizer knows (the model's embedding may have padding rows beyond)."""
         return len(self.wrapper)
+
+    def tokenizer_json(self) -> str | None:
+        backend = getattr(self.wrapper._tokenizer, "backend_tokenizer", None)
+        if backend is None:  # a slow (Python) tokenizer
+            return None
+        backend = copy.copy(backend)  # padding/truncation settings must not travel along
+        backend.no_padding()
+        backend.no_truncation()
+        return str(backend.to_str())
 
     @property
     def chat_template(self) -> str | None:

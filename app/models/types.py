@@ -35,6 +35,10 @@ class TextTokenizer(Protocol):
     ) -> str:
         """The prompt text for `messages` ([{role, content: str}]), ready for encode()."""
 
+    def tokenizer_json(self) -> str | None:
+        """The Hugging Face `tokenizers` JSON of this tokenizer (grammar engines build
+        their token tables from it), or None where there is no fast tokenizer."""
+
 
 class DecodeStep(Protocol):
     """One decode step for every row of a batch, outside the model's own forward."""

@@ -36,10 +36,12 @@ from app.protocol.chat import ChatCompletionRequest
 from app.protocol.errors import APIError, model_not_found
 from app.protocol.sse import SSE_DONE, SSE_HEADERS, sse_comment, sse_data
 from app.serving.reply import Complete, Guard, Reply, Streamed, failure_error, failure_event
+from app.serving.structured import StructuredOutput
 from app.settings import Settings
 
 logger = logging.getLogger(__name__)
 
+LOGPROB_FLOOR = -9999.0
 CACHE_HEADER = "x-mlxd-cache"  # "hit; reused=N" or "miss; reason=...; reused=N"
 SAMPLING_DEFAULTS = {"temperature": 1.0, "top_p": 1.0, "top_k": 0, "min_p": 0.0,
                      "repetition_penalty": 1.0}
@@ -65,6 +67,7 @@ class ChatService:
         self.engine = engine
         self.registry = registry
         self.settings = settings
+        self.structured = StructuredOutput()
 
     async def handle(self, body: ChatCompletionRequest, session: str | None,
                      guard: Guard) -> Reply:
@@ -94,11 +97,13 @@ class ChatService:
         max_tokens = min(max_tokens or ctx, ctx - len(prompt))
         sampling = self._sampling(body, handle)
         key = body.prompt_cache_key or session
+        constraints = await self.structured.constraints(body.response_format, handle, body.n,
+                                                        max_tokens)
         reqs = []
         for i in range(body.n):
             params = sampling if i == 0 else _with_seed(sampling, i)
             reqs.append(GenerationRequest(spec.id, prompt, max_tokens, params,
-                                          body.stop_list(), key))
+                                          body.stop_list(), key, constraints[i]))
         return PreparedChat(body, handle, reqs, f"chatcmpl-{uuid.uuid4().hex}", int(time.time()))
 
     def _render(self, body: ChatCompletionRequest, handle: ChatModelHandle) -> list[int]:
@@ -261,7 +266,9 @@ def usage_json(u: Usage) -> dict[str, Any]:
 
 
 def _lp_entry(token: str, logprob: float) -> dict[str, Any]:
-    return {"token": token, "logprob": logprob, "bytes": list(token.encode("utf-8"))}
+    # JSON has no -inf (a masked or fully penalized token): OpenAI reports -9999.0 there.
+    value = logprob if logprob >= LOGPROB_FLOOR else LOGPROB_FLOOR
+    return {"token": token, "logprob": value, "bytes": list(token.encode("utf-8"))}
 
 
 def _logprobs_json(lps: list[TokenLogprob]) -> dict[str, Any]:

@@ -67,7 +67,7 @@ def test_metadata_properties(smol: GGUFTokenizer) -> None:
 
 @requires_smollm2
 def test_tokenizer_json_round_trip(smol: GGUFTokenizer) -> None:
-    reloaded = Tokenizer.from_str(smol.to_hf_tokenizer_json())
+    reloaded = Tokenizer.from_str(smol.tokenizer_json())
     for text in [*MIXED_TEXTS, "<|im_start|>assistant\n"]:
         assert reloaded.encode(text, add_special_tokens=False).ids == smol.encode(text)
 

@@ -323,6 +323,6 @@ class GGUFTokenizer:
             eos_token=self.spec.token(self.spec.eos_token_id),
         )
 
-    def to_hf_tokenizer_json(self) -> str:
-        """The `tokenizer.json` text of this tokenizer (for a converted HF folder)."""
+    def tokenizer_json(self) -> str | None:
+        """The `tokenizer.json` text of this tokenizer (grammars, a converted HF folder)."""
         return str(self.hf.to_str())

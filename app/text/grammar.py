@@ -1,0 +1,139 @@
+"""Constrained decoding: which tokens may come next so the output matches a grammar.
+
+Built on llguidance (the grammar engine behind llama.cpp's and vLLM's structured output;
+the measurements behind the choice are in bench/results/grammar-libs.md). A model's
+`TokenGrammar` is built once from its tokenizer; each request compiles its JSON schema
+into a `Constraint`, which the engine's sampler asks for the next-token mask before every
+step and tells every sampled token. No MLX here: masks are numpy.
+
+A JSON constraint also keeps the document closable within its token budget: it follows the
+text with `JsonCursor`, lets no token through that could open more than the budget can
+close, and when the budget runs short allows only the next token of the shortest closing
+text (where the schema accepts it), so even a random-weight model ends with a document
+that parses instead of being cut off by `max_tokens`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+import llguidance
+import numpy as np
+
+from app.text.json_closer import MAX_GROWTH_PER_BYTE, JsonCursor
+
+logger = logging.getLogger(__name__)
+
+# Compact separators with a space after ',' and ':' (json.dumps's own): what models tend
+# to write anyway, and no free-form whitespace, so a weak model cannot pad forever.
+JSON_OPTIONS: dict[str, Any] = {"whitespace_flexible": False, "item_separator": ", ",
+                                "key_separator": ": "}
+ANY_OBJECT: dict[str, Any] = {"type": "object"}
+BITS = 32  # llguidance's masks are int32 words, bit i of word w = token 32*w + i
+
+
+class GrammarError(ValueError):
+    """The grammar cannot be compiled; the message says why (for the client's 400)."""
+
+
+class TokenGrammar:
+    """A model's tokenizer as llguidance sees it, with the tokens that end a generation."""
+
+    def __init__(self, tokenizer_json: str, eos_ids: Iterable[int]) -> None:
+        self.eos_ids = sorted(set(eos_ids))
+        self.tokenizer = llguidance.LLTokenizer(tokenizer_json, eos_token=self.eos_ids)
+        self.vocab_size = int(self.tokenizer.vocab_size)
+        # Bytes per token: how much one token can open in the worst case.
+        self.token_bytes = np.array([len(self.tokenizer.decode_bytes([t]))
+                                     for t in range(self.vocab_size)], dtype=np.int64)
+        self.token_bytes[[t for t in self.eos_ids if t < self.vocab_size]] = 0
+
+    def json(self, schema: dict[str, Any] | None, budget: int | None = None) -> Constraint:
+        """Output that is one JSON document valid under `schema` (None: any JSON object),
+        complete within `budget` tokens, the end token included (None: no budget)."""
+        try:
+            grammar = llguidance.LLMatcher.grammar_from_json_schema(
+                json.dumps(schema if schema is not None else ANY_OBJECT),
+                overrides=JSON_OPTIONS)  # type: ignore[arg-type]
+        except ValueError as exc:
+            raise GrammarError(str(exc)) from exc
+        return self._constraint(grammar, budget)
+
+    def _constraint(self, grammar: str, budget: int | None) -> Constraint:
+        is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(
+            grammar, self.tokenizer)
+        if is_error:
+            raise GrammarError(messages[0] if messages else "invalid grammar")
+        matcher = llguidance.LLMatcher(self.tokenizer, grammar, log_level=0)
+        if matcher.is_error():
+            raise GrammarError(matcher.get_error())
+        return Constraint(matcher, self, budget)
+
+
+class Constraint:
+    """One generation's position in its grammar (engine thread only once submitted)."""
+
+    def __init__(self, matcher: llguidance.LLMatcher, grammar: TokenGrammar,
+                 budget: int | None = None) -> None:
+        self._matcher = matcher
+        self._grammar = grammar
+        self._words = np.zeros((grammar.vocab_size + BITS - 1) // BITS, dtype=np.int32)
+        self._budget = budget
+        self._consumed = 0
+        self._cursor = JsonCursor(JSON_OPTIONS["item_separator"], JSON_OPTIONS["key_separator"])
+
+    def copy(self) -> Constraint:
+        """An independent constraint in the same state (one per choice of `n`); call it
+        before any token is consumed."""
+        return Constraint(self._matcher.deep_copy(), self._grammar, self._budget)
+
+    @property
+    def failed(self) -> str | None:
+        """Why the matcher stopped accepting tokens, if it did (a rejected token)."""
+        return self._matcher.get_error() if self._matcher.is_error() else None
+
+    def allowed(self, vocab: int) -> np.ndarray:
+        """bool[vocab]: the tokens that may come next. `vocab` may exceed the tokenizer's
+        (padding rows of the embedding): those are never allowed. After an error only the
+        end tokens are, so the generation stops."""
+        out = np.zeros(vocab, dtype=bool)
+        if self._matcher.is_error():
+            out[[t for t in self._grammar.eos_ids if t < vocab]] = True
+            return out
+        self._matcher.unsafe_compute_mask_ptr(self._words.ctypes.data, self._words.nbytes)
+        bits = np.unpackbits(self._words.view(np.uint8), bitorder="little")
+        n = min(vocab, self._grammar.vocab_size)
+        out[:n] = bits[:n]
+        if self._budget is not None:
+            self._keep_closable(out[:n])
+        return out
+
+    def _keep_closable(self, allowed: np.ndarray) -> None:
+        """Drop tokens that could leave more to close than the budget has left; when that
+        leaves nothing, the next token of the closing text (if the grammar allows it)."""
+        assert self._budget is not None
+        closing = self._cursor.closing()
+        # tokens left after this one and the end token, were the rest the closing text
+        slack = self._budget - self._consumed - 2 - len(closing)
+        if slack >= MAX_GROWTH_PER_BYTE * int(self._grammar.token_bytes.max()):
+            return  # no single token can use up the budget yet
+        tokens = self._grammar.tokenizer.tokenize_bytes(closing.encode()) if closing else []
+        safe = allowed & (MAX_GROWTH_PER_BYTE * self._grammar.token_bytes <= slack)
+        if tokens and allowed[tokens[0]]:
+            safe[tokens[0]] = True
+        if safe.any():
+            allowed[:] = safe
+
+    def consume(self, token: int) -> bool:
+        """Advance past a sampled token; False when the grammar rejects it."""
+        ok = bool(self._matcher.consume_token(token))
+        if not ok:
+            logger.warning("constraint rejected token %d: %s", token, self._matcher.get_error())
+            return False
+        self._consumed += 1
+        self._cursor.feed(self._grammar.tokenizer.decode_bytes([token]).decode(
+            "utf-8", errors="replace"))
+        return True
