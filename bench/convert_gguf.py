@@ -70,7 +70,7 @@ def convert(gguf_path: str | Path, out_dir: str | Path) -> Path:
             "pad_token_id": spec.padding_token_id,
         },
     )
-    (out / "tokenizer.json").write_text(tokenizer.to_hf_tokenizer_json(), encoding="utf-8")
+    (out / "tokenizer.json").write_text(tokenizer.tokenizer_json(), encoding="utf-8")
     _json(
         out / "tokenizer_config.json",
         {
