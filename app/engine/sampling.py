@@ -20,6 +20,7 @@ from app.engine.request import SamplingParams, TokenConstraint
 # (generated token ids, logits[V]) -> logits[V]; a per-request hook.
 LogitsProcessor = Callable[[list[int], mx.array], mx.array]
 NEG_INF = float("-inf")
+SEED_SPACE = 2**64  # mx.random.key takes an unsigned 64-bit seed
 
 
 def penalty_processor(params: SamplingParams, prompt: Sequence[int]) -> LogitsProcessor | None:
@@ -93,7 +94,7 @@ class RowSampler:
             seed = params.seed
             if seed is None:
                 seed = int.from_bytes(os.urandom(4), "little")
-            key = mx.random.key(seed)
+            key = mx.random.key(seed % SEED_SPACE)  # a negative int64 seed maps in too
         return cls(params, procs, key)
 
     def next_key(self) -> mx.array:

@@ -63,10 +63,7 @@ class TokenGrammar:
         return self._constraint(grammar, budget)
 
     def _constraint(self, grammar: str, budget: int | None) -> Constraint:
-        is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(
-            grammar, self.tokenizer)
-        if is_error:
-            raise GrammarError(messages[0] if messages else "invalid grammar")
+        # The constructor never raises: a grammar it cannot build leaves it in error.
         matcher = llguidance.LLMatcher(self.tokenizer, grammar, log_level=0)
         if matcher.is_error():
             raise GrammarError(matcher.get_error())
