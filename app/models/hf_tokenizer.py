@@ -75,14 +75,16 @@ class HFTokenizer:
         return str(self.wrapper.decode(ids, skip_special_tokens=True))
 
     def apply_chat_template(
-        self, messages: list[dict[str, Any]], add_generation_prompt: bool = True
+        self, messages: list[dict[str, Any]], add_generation_prompt: bool = True,
+        tools: list[dict[str, Any]] | None = None, **variables: Any,
     ) -> str:
         template = self.chat_template
         if template is None and self.wrapper.has_chat_template:
             # A Python renderer from mlx-lm (chat_template_type) or a named template dict.
             return str(
                 self.wrapper.apply_chat_template(
-                    messages, tokenize=False, add_generation_prompt=add_generation_prompt
+                    messages, tokenize=False, add_generation_prompt=add_generation_prompt,
+                    tools=tools, **variables,
                 )
             )
         return render_chat_template(
@@ -91,4 +93,6 @@ class HFTokenizer:
             add_generation_prompt=add_generation_prompt,
             bos_token=self.wrapper.bos_token,
             eos_token=self.wrapper.eos_token,
+            tools=tools,
+            **variables,
         )

@@ -30,10 +30,16 @@ class TextTokenizer(Protocol):
     def decode(self, ids: list[int]) -> str:
         """Text of `ids`, special tokens skipped."""
 
+    @property
+    def chat_template(self) -> str | None:
+        """The Jinja chat template's source, None where the model ships none (ChatML)."""
+
     def apply_chat_template(
-        self, messages: list[dict[str, Any]], add_generation_prompt: bool = True
+        self, messages: list[dict[str, Any]], add_generation_prompt: bool = True,
+        tools: list[dict[str, Any]] | None = None, **variables: Any,
     ) -> str:
-        """The prompt text for `messages` ([{role, content: str}]), ready for encode()."""
+        """The prompt text for `messages` ([{role, content, ...}]), ready for encode();
+        `tools` (OpenAI function specs) and `variables` reach the template."""
 
     def tokenizer_json(self) -> str | None:
         """The Hugging Face `tokenizers` JSON of this tokenizer (grammar engines build

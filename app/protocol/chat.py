@@ -20,11 +20,29 @@ class TextPart(BaseModel):
     text: str | None = None
 
 
+class FunctionCall(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    name: str
+    arguments: str = "{}"
+    """A JSON object, as text (OpenAI's shape)."""
+
+
+class ToolCall(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
     name: str | None = None
+    tool_calls: list[ToolCall] | None = None
+    """Assistant messages: the calls it made (sent back with the conversation)."""
+    tool_call_id: str | None = None
+    """Tool messages: which call this is the result of."""
 
     def text(self) -> str:
         if self.content is None:
@@ -67,6 +85,32 @@ class JsonSchemaFormat(BaseModel):
     json_schema: JsonSchemaSpec
 
 
+class FunctionSpec(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    description: str | None = None
+    parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object"})
+    """JSON Schema of the arguments object."""
+    strict: bool | None = None
+
+
+class Tool(BaseModel):
+    type: Literal["function"]
+    function: FunctionSpec
+
+
+class NamedFunction(BaseModel):
+    name: str
+
+
+class NamedToolChoice(BaseModel):
+    type: Literal["function"]
+    function: NamedFunction
+
+
+ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice
+
+
 ResponseFormat = Annotated[TextFormat | JsonObjectFormat | JsonSchemaFormat,
                            Field(discriminator="type")]
 
@@ -97,6 +141,13 @@ class ChatCompletionRequest(BaseModel):
     user: str | None = None
     prompt_cache_key: str | None = None
     response_format: ResponseFormat | None = None
+    tools: list[Tool] | None = None
+    reasoning_effort: Literal["minimal", "low", "medium", "high"] | None = None
+    """Passed to the chat template as `reasoning_effort` (templates that take it)."""
+    chat_template_kwargs: dict[str, Any] | None = None
+    """Variables for the chat template, e.g. {"enable_thinking": false} for Qwen3."""
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool = True
 
     @field_validator("stop")
     @classmethod
@@ -119,6 +170,15 @@ class ChatCompletionRequest(BaseModel):
     def _check(self) -> ChatCompletionRequest:
         if self.top_logprobs and not self.logprobs:
             raise ValueError("top_logprobs requires logprobs=true")
+        names = [t.function.name for t in self.tools or []]
+        if len(set(names)) != len(names):
+            raise ValueError("tools: function names must be unique")
+        if isinstance(self.tool_choice, NamedToolChoice) and \
+                self.tool_choice.function.name not in names:
+            raise ValueError(f"tool_choice names {self.tool_choice.function.name!r}, "
+                             "which is not in tools")
+        if self.tool_choice in ("required",) and not names:
+            raise ValueError("tool_choice 'required' needs tools")
         if self.model_extra:
             logger.info("ignoring unknown request fields: %s", sorted(self.model_extra))
         return self

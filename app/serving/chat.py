@@ -35,13 +35,16 @@ from app.models.registry import Registry
 from app.protocol.chat import ChatCompletionRequest
 from app.protocol.errors import APIError, model_not_found
 from app.protocol.sse import SSE_DONE, SSE_HEADERS, sse_comment, sse_data
+from app.serving.chat_output import ChoiceOutput, logprobs_json, usage_json
 from app.serving.reply import Complete, Guard, Reply, Streamed, failure_error, failure_event
 from app.serving.structured import StructuredOutput
+from app.serving.tools import ToolPlan
+from app.serving.tools import plan as tool_plan
 from app.settings import Settings
+from app.text.reply_parser import THINK_OPEN, ReplyParser
 
 logger = logging.getLogger(__name__)
 
-LOGPROB_FLOOR = -9999.0
 CACHE_HEADER = "x-mlxd-cache"  # "hit; reused=N" or "miss; reason=...; reused=N"
 SAMPLING_DEFAULTS = {"temperature": 1.0, "top_p": 1.0, "top_k": 0, "min_p": 0.0,
                      "repetition_penalty": 1.0}
@@ -56,6 +59,18 @@ class PreparedChat:
     created: int
     cache_info: str | None = None
     """How the prompt met the resident KV cache (for the response header)."""
+    tools: ToolPlan | None = None
+    reasoning: bool = False
+    """Split `<think>` reasoning out of replies."""
+    thinking: bool = False
+    """The prompt opened `<think>`: replies start inside reasoning."""
+
+    def output(self) -> ChoiceOutput:
+        """A fresh output shaper for one choice."""
+        syntax = self.tools.syntax if self.tools is not None else None
+        if syntax is None and not self.reasoning:
+            return ChoiceOutput()
+        return ChoiceOutput(ReplyParser(syntax, self.reasoning, self.thinking))
 
     @property
     def model_name(self) -> str:
@@ -85,7 +100,8 @@ class ChatService:
         if spec is None or spec.kind != "chat":
             raise model_not_found(name or "")
         handle = await self.engine.chat_model(spec)
-        prompt = await run_in_threadpool(self._render, body, handle)
+        tools = tool_plan(body, handle.tokenizer.chat_template)
+        prompt, thinking = await run_in_threadpool(self._render, body, handle, tools)
         ctx = handle.context_length
         limit = body.max_completion_tokens or body.max_tokens
         if len(prompt) >= ctx or (limit is not None and len(prompt) + limit > ctx):
@@ -97,26 +113,31 @@ class ChatService:
         max_tokens = min(max_tokens or ctx, ctx - len(prompt))
         sampling = self._sampling(body, handle)
         key = body.prompt_cache_key or session
-        constraints = await self.structured.constraints(body.response_format, handle, body.n,
-                                                        max_tokens)
+        constraints = await self.structured.constraints(body, handle, max_tokens,
+                                                        tools.syntax, tools.forced_grammar)
         reqs = []
         for i in range(body.n):
             params = sampling if i == 0 else _with_seed(sampling, i)
             reqs.append(GenerationRequest(spec.id, prompt, max_tokens, params,
                                           body.stop_list(), key, constraints[i]))
-        return PreparedChat(body, handle, reqs, f"chatcmpl-{uuid.uuid4().hex}", int(time.time()))
+        reasoning = THINK_OPEN in (handle.tokenizer.chat_template or "")
+        return PreparedChat(body, handle, reqs, f"chatcmpl-{uuid.uuid4().hex}", int(time.time()),
+                            tools=tools, reasoning=reasoning, thinking=reasoning and thinking)
 
-    def _render(self, body: ChatCompletionRequest, handle: ChatModelHandle) -> list[int]:
+    def _render(self, body: ChatCompletionRequest, handle: ChatModelHandle,
+                tools: ToolPlan) -> tuple[list[int], bool]:
+        """Prompt tokens, and whether the prompt leaves the reply inside `<think>`."""
+        variables = dict(body.chat_template_kwargs or {})
+        if body.reasoning_effort is not None:
+            variables.setdefault("reasoning_effort", body.reasoning_effort)
         try:
-            messages = [{"role": m.role, "content": m.text(),
-                         **({"name": m.name} if m.name else {})} for m in body.messages]
-        except ValueError as exc:
-            raise APIError(400, str(exc), param="messages") from exc
-        try:
-            text = handle.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+            text = handle.tokenizer.apply_chat_template(
+                tools.messages, add_generation_prompt=True, tools=tools.template_tools,
+                **variables)
         except Exception as exc:  # template errors (raise_exception) are the client's input
             raise APIError(400, f"chat template error: {exc}", param="messages") from exc
-        return handle.tokenizer.encode(text, add_special_tokens=False)
+        thinking = text.rstrip().endswith(THINK_OPEN)
+        return handle.tokenizer.encode(text, add_special_tokens=False), thinking
 
     def _sampling(self, body: ChatCompletionRequest, handle: ChatModelHandle) -> SamplingParams:
         defaults = {**SAMPLING_DEFAULTS, **handle.spec.defaults}
@@ -171,9 +192,10 @@ class ChatService:
         choices = []
         usage = Usage(0, 0)
         for i, (text, lps, fin) in enumerate(results):
-            choices.append({"index": i, "message": {"role": "assistant", "content": text},
-                            "logprobs": _logprobs_json(lps) if prep.body.logprobs else None,
-                            "finish_reason": fin.reason})
+            out = prep.output()
+            choices.append({"index": i, "message": out.message(text),
+                            "logprobs": logprobs_json(lps) if prep.body.logprobs else None,
+                            "finish_reason": out.finish_reason(fin.reason)})
             usage.add_choice(fin.usage)
         return {"id": prep.id, "object": "chat.completion", "created": prep.created,
                 "model": prep.model_name, "system_fingerprint": _fp(prep),
@@ -186,6 +208,7 @@ class ChatService:
                  for i, s in enumerate(streams)]
         include_usage = bool(prep.body.stream_options and prep.body.stream_options.include_usage)
         usage = Usage(0, 0)
+        outputs = [prep.output() for _ in streams]
         try:
             for i in range(len(streams)):
                 yield self._chunk(prep, i, {"role": "assistant", "content": ""})
@@ -195,14 +218,18 @@ class ChatService:
                 if event is None:
                     yield sse_comment()
                 elif isinstance(event, Delta):
-                    if not event.text and not event.logprobs:
-                        continue
-                    yield self._chunk(prep, i, {"content": event.text},
-                                      logprobs=event.logprobs if prep.body.logprobs else None)
+                    deltas = outputs[i].deltas(event.text)
+                    lps = event.logprobs if prep.body.logprobs else None
+                    if not deltas and lps:
+                        deltas = [{"content": ""}]  # the tokens' logprobs still go out
+                    for j, delta in enumerate(deltas):
+                        yield self._chunk(prep, i, delta, logprobs=lps if j == 0 else None)
                 elif isinstance(event, Finished):
                     open_streams -= 1
                     usage.add_choice(event.usage)
-                    yield self._chunk(prep, i, {}, finish=event.reason)
+                    for delta in outputs[i].final_deltas():
+                        yield self._chunk(prep, i, delta)
+                    yield self._chunk(prep, i, {}, finish=outputs[i].finish_reason(event.reason))
                 elif isinstance(event, Failed):
                     # Headers are gone: report in-band, OpenAI style, and end the stream.
                     yield sse_data(failure_event(event))
@@ -221,7 +248,7 @@ class ChatService:
     def _chunk(self, prep: PreparedChat, index: int, delta: dict[str, Any], *,
                finish: str | None = None, logprobs: list[TokenLogprob] | None = None) -> bytes:
         choice: dict[str, Any] = {"index": index, "delta": delta,
-                                  "logprobs": _logprobs_json(logprobs) if logprobs else None,
+                                  "logprobs": logprobs_json(logprobs) if logprobs else None,
                                   "finish_reason": finish}
         return sse_data({"id": prep.id, "object": "chat.completion.chunk",
                          "created": prep.created, "model": prep.model_name,
@@ -257,20 +284,3 @@ def _with_seed(params: SamplingParams, offset: int) -> SamplingParams:
 
 def _fp(prep: PreparedChat) -> str:
     return "fp_" + prep.handle.fingerprint[:12]
-
-
-def usage_json(u: Usage) -> dict[str, Any]:
-    return {"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
-            "total_tokens": u.total_tokens,
-            "prompt_tokens_details": {"cached_tokens": u.cached_tokens}}
-
-
-def _lp_entry(token: str, logprob: float) -> dict[str, Any]:
-    # JSON has no -inf (a masked or fully penalized token): OpenAI reports -9999.0 there.
-    value = logprob if logprob >= LOGPROB_FLOOR else LOGPROB_FLOOR
-    return {"token": token, "logprob": value, "bytes": list(token.encode("utf-8"))}
-
-
-def _logprobs_json(lps: list[TokenLogprob]) -> dict[str, Any]:
-    return {"content": [{**_lp_entry(lp.token, lp.logprob),
-                         "top_logprobs": [_lp_entry(t, v) for t, v in lp.top]} for lp in lps]}

@@ -62,6 +62,10 @@ class TokenGrammar:
             raise GrammarError(str(exc)) from exc
         return self._constraint(grammar, budget)
 
+    def lark(self, grammar: str) -> Constraint:
+        """Output in a Lark grammar (llguidance's dialect, `%json {...}` inside)."""
+        return self._constraint(llguidance.LLMatcher.grammar_from_lark(grammar), None)
+
     def _constraint(self, grammar: str, budget: int | None) -> Constraint:
         # The constructor never raises: a grammar it cannot build leaves it in error.
         matcher = llguidance.LLMatcher(self.tokenizer, grammar, log_level=0)
@@ -80,7 +84,9 @@ class Constraint:
         self._words = np.zeros((grammar.vocab_size + BITS - 1) // BITS, dtype=np.int32)
         self._budget = budget
         self._consumed = 0
-        self._cursor = JsonCursor(JSON_OPTIONS["item_separator"], JSON_OPTIONS["key_separator"])
+        # Only a pure JSON grammar under a budget needs to know where its document stands.
+        self._cursor = None if budget is None else \
+            JsonCursor(JSON_OPTIONS["item_separator"], JSON_OPTIONS["key_separator"])
 
     def copy(self) -> Constraint:
         """An independent constraint in the same state (one per choice of `n`); call it
@@ -111,7 +117,7 @@ class Constraint:
     def _keep_closable(self, allowed: np.ndarray) -> None:
         """Drop tokens that could leave more to close than the budget has left; when that
         leaves nothing, the next token of the closing text (if the grammar allows it)."""
-        assert self._budget is not None
+        assert self._budget is not None and self._cursor is not None
         closing = self._cursor.closing()
         # tokens left after this one and the end token, were the rest the closing text
         slack = self._budget - self._consumed - 2 - len(closing)
@@ -131,6 +137,7 @@ class Constraint:
             logger.warning("constraint rejected token %d: %s", token, self._matcher.get_error())
             return False
         self._consumed += 1
-        self._cursor.feed(self._grammar.tokenizer.decode_bytes([token]).decode(
-            "utf-8", errors="replace"))
+        if self._cursor is not None:
+            self._cursor.feed(self._grammar.tokenizer.decode_bytes([token]).decode(
+                "utf-8", errors="replace"))
         return True

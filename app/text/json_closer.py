@@ -81,6 +81,8 @@ class JsonCursor:
 
     def _structure(self, ch: str) -> None:
         state = self.state
+        if state == "done" or (state != "value" and not self.stack):
+            return  # past the document, or not JSON: nothing left to track
         if state in ("first_key", "key") and ch == '"':
             self.state, self.in_key = "string", True
         elif state == "first_key" and ch == "}" or state == "after_value" and ch in "}]":

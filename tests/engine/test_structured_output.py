@@ -13,6 +13,8 @@ import pytest
 from app.engine.engine import Engine
 from app.engine.request import GenerationRequest, SamplingParams
 from app.text.grammar import GrammarError, TokenGrammar
+from app.text.reply_parser import Content, ReplyParser, ToolCallPart
+from app.text.tool_syntax import HERMES, LLAMA3, MISTRAL, ToolSyntax
 from tests.engine_harness import MODEL_ID, collect, prompt_ids
 
 SEEDS = range(20)
@@ -92,3 +94,41 @@ def test_a_schema_the_engine_cannot_enforce_says_why(grammar: TokenGrammar) -> N
     with pytest.raises(GrammarError) as err:
         grammar.json({"type": "object", "properties": {"a": {"$ref": "#/$defs/missing"}}})
     assert str(err.value)
+
+
+CALL_SCHEMA: dict[str, Any] = {
+    "anyOf": [
+        {"type": "object", "additionalProperties": False, "required": ["name", "arguments"],
+         "properties": {"name": {"const": "get_weather"}, "arguments": {
+             "type": "object", "additionalProperties": False, "required": ["city"],
+             "properties": {"city": {"type": "string", "maxLength": 12}}}}},
+        {"type": "object", "additionalProperties": False, "required": ["name", "arguments"],
+         "properties": {"name": {"const": "get_time"}, "arguments": {
+             "type": "object", "additionalProperties": False, "required": ["tz"],
+             "properties": {"tz": {"enum": ["CET", "UTC"]}}}}},
+    ],
+    "x-guidance": {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "},
+}
+
+
+@pytest.mark.parametrize("syntax", [HERMES, MISTRAL, LLAMA3], ids=lambda s: s.name)
+async def test_forced_tool_calls_always_parse(engine: Engine, grammar: TokenGrammar,
+                                              syntax: ToolSyntax) -> None:
+    schema = CALL_SCHEMA
+    if syntax is LLAMA3:  # llama3 names the arguments "parameters"
+        text = json.dumps(schema).replace('"arguments"', '"parameters"')
+        schema = json.loads(text)
+    ids = prompt_ids(engine, "Call a tool: ")
+    reqs = [GenerationRequest(MODEL_ID, ids, MAX_TOKENS, SamplingParams(temperature=1.0,
+                                                                        seed=seed),
+                              constraint=grammar.lark(syntax.grammar(schema, 2)))
+            for seed in SEEDS]
+    for result in await asyncio.gather(*(collect(engine, r) for r in reqs)):
+        assert result.finish is not None and result.finish.reason == "stop", result.text
+        parser = ReplyParser(syntax)
+        parts = parser.feed(result.text) + parser.finish()
+        calls = [p for p in parts if isinstance(p, ToolCallPart)]
+        assert 1 <= len(calls) <= 2 and not any(isinstance(p, Content) for p in parts)
+        for call in calls:
+            args = json.loads(call.arguments)
+            assert (call.name, set(args)) in (("get_weather", {"city"}), ("get_time", {"tz"}))

@@ -313,7 +313,8 @@ class GGUFTokenizer:
         return str(self.hf.decode(ids, skip_special_tokens=True))
 
     def apply_chat_template(
-        self, messages: list[dict[str, Any]], add_generation_prompt: bool = True
+        self, messages: list[dict[str, Any]], add_generation_prompt: bool = True,
+        tools: list[dict[str, Any]] | None = None, **variables: Any,
     ) -> str:
         return render_chat_template(
             self.spec.chat_template,
@@ -321,6 +322,8 @@ class GGUFTokenizer:
             add_generation_prompt=add_generation_prompt,
             bos_token=self.spec.token(self.spec.bos_token_id),
             eos_token=self.spec.token(self.spec.eos_token_id),
+            tools=tools,
+            **variables,
         )
 
     def tokenizer_json(self) -> str | None:
