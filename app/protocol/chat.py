@@ -5,13 +5,13 @@ from __future__ import annotations
 import logging
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from app.protocol.sampling import GenerationFields
 
 logger = logging.getLogger(__name__)
 
-MAX_STOP_SEQUENCES = 16
 MAX_TOP_LOGPROBS = 20
-MAX_N = 16
 
 
 class TextPart(BaseModel):
@@ -55,11 +55,6 @@ class ChatMessage(BaseModel):
                 raise ValueError(f"content part type {part.type!r} is not supported (text only)")
             out.append(part.text)
         return "".join(out)
-
-
-class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    include_usage: bool = False
 
 
 class TextFormat(BaseModel):
@@ -115,30 +110,11 @@ ResponseFormat = Annotated[TextFormat | JsonObjectFormat | JsonSchemaFormat,
                            Field(discriminator="type")]
 
 
-class ChatCompletionRequest(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-    model: str | None = None
+class ChatCompletionRequest(GenerationFields):
     messages: list[ChatMessage] = Field(min_length=1)
-    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
-    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
-    top_k: int | None = Field(default=None, ge=0)
-    min_p: float | None = Field(default=None, ge=0.0, le=1.0)
-    seed: int | None = Field(default=None, ge=-(2**63), lt=2**64)
-    """OpenAI's int64, or any uint64."""
-    max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
-    stop: str | list[str] | None = None
-    presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
-    frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
-    repetition_penalty: float | None = Field(default=None, gt=0.0, le=10.0)
-    logit_bias: dict[str, float] | None = None
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
-    n: int = Field(default=1, ge=1, le=MAX_N)
-    stream: bool = False
-    stream_options: StreamOptions | None = None
-    user: str | None = None
     prompt_cache_key: str | None = None
     response_format: ResponseFormat | None = None
     tools: list[Tool] | None = None
@@ -148,23 +124,6 @@ class ChatCompletionRequest(BaseModel):
     """Variables for the chat template, e.g. {"enable_thinking": false} for Qwen3."""
     tool_choice: ToolChoice | None = None
     parallel_tool_calls: bool = True
-
-    @field_validator("stop")
-    @classmethod
-    def _stop_list(cls, v: str | list[str] | None) -> str | list[str] | None:
-        if isinstance(v, list) and len(v) > MAX_STOP_SEQUENCES:
-            raise ValueError(f"at most {MAX_STOP_SEQUENCES} stop sequences")
-        return v
-
-    @field_validator("logit_bias")
-    @classmethod
-    def _bias_range(cls, v: dict[str, float] | None) -> dict[str, float] | None:
-        for key, val in (v or {}).items():
-            if not key.lstrip("-").isdigit():
-                raise ValueError(f"logit_bias keys must be token ids, got {key!r}")
-            if not -100.0 <= val <= 100.0:
-                raise ValueError(f"logit_bias values must be in [-100, 100], got {val}")
-        return v
 
     @model_validator(mode="after")
     def _check(self) -> ChatCompletionRequest:
@@ -179,11 +138,4 @@ class ChatCompletionRequest(BaseModel):
                              "which is not in tools")
         if self.tool_choice in ("required",) and not names:
             raise ValueError("tool_choice 'required' needs tools")
-        if self.model_extra:
-            logger.info("ignoring unknown request fields: %s", sorted(self.model_extra))
         return self
-
-    def stop_list(self) -> list[str]:
-        if self.stop is None:
-            return []
-        return [self.stop] if isinstance(self.stop, str) else list(self.stop)

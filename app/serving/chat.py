@@ -13,7 +13,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -21,12 +21,10 @@ from starlette.concurrency import run_in_threadpool
 from app.engine.engine import Engine
 from app.engine.models import ChatModelHandle
 from app.engine.request import (
-    Admitted,
     Delta,
     Failed,
     Finished,
     GenerationRequest,
-    SamplingParams,
     TokenLogprob,
     Usage,
 )
@@ -36,7 +34,17 @@ from app.protocol.chat import ChatCompletionRequest
 from app.protocol.errors import APIError, model_not_found
 from app.protocol.sse import SSE_DONE, SSE_HEADERS, sse_comment, sse_data
 from app.serving.chat_output import ChoiceOutput, logprobs_json, usage_json
-from app.serving.reply import Complete, Guard, Reply, Streamed, failure_error, failure_event
+from app.serving.generation import (
+    StreamEvent,
+    abort_unfinished,
+    admit,
+    collect,
+    max_new_tokens,
+    pump,
+    sampling_params,
+    with_seed,
+)
+from app.serving.reply import Complete, Guard, Reply, Streamed, failure_event
 from app.serving.structured import StructuredOutput
 from app.serving.tools import ToolPlan
 from app.serving.tools import plan as tool_plan
@@ -46,8 +54,6 @@ from app.text.reply_parser import THINK_OPEN, ReplyParser
 logger = logging.getLogger(__name__)
 
 CACHE_HEADER = "x-mlxd-cache"  # "hit; reused=N" or "miss; reason=...; reused=N"
-SAMPLING_DEFAULTS = {"temperature": 1.0, "top_p": 1.0, "top_k": 0, "min_p": 0.0,
-                     "repetition_penalty": 1.0}
 
 
 @dataclass(slots=True)
@@ -102,22 +108,16 @@ class ChatService:
         handle = await self.engine.chat_model(spec)
         tools = tool_plan(body, handle.tokenizer.chat_template)
         prompt, thinking = await run_in_threadpool(self._render, body, handle, tools)
-        ctx = handle.context_length
-        limit = body.max_completion_tokens or body.max_tokens
-        if len(prompt) >= ctx or (limit is not None and len(prompt) + limit > ctx):
-            want = f"{len(prompt)} prompt tokens" + (f" + {limit} max tokens" if limit else "")
-            raise APIError(400, f"This model's maximum context length is {ctx} tokens; "
-                           f"the request has {want}.", param="messages",
-                           code="context_length_exceeded")
-        max_tokens = limit or spec.defaults.get("max_tokens") or self.settings.default_max_tokens
-        max_tokens = min(max_tokens or ctx, ctx - len(prompt))
-        sampling = self._sampling(body, handle)
+        max_tokens = max_new_tokens(body.max_completion_tokens or body.max_tokens, len(prompt),
+                                    handle, self.settings.default_max_tokens, "messages")
+        sampling = sampling_params(body, handle, logprobs=body.logprobs,
+                                   top_logprobs=body.top_logprobs or 0)
         key = body.prompt_cache_key or session
         constraints = await self.structured.constraints(body, handle, max_tokens,
                                                         tools.syntax, tools.forced_grammar)
         reqs = []
         for i in range(body.n):
-            params = sampling if i == 0 else _with_seed(sampling, i)
+            params = sampling if i == 0 else with_seed(sampling, i)
             reqs.append(GenerationRequest(spec.id, prompt, max_tokens, params,
                                           body.stop_list(), key, constraints[i]))
         reasoning = THINK_OPEN in (handle.tokenizer.chat_template or "")
@@ -139,54 +139,18 @@ class ChatService:
         thinking = text.rstrip().endswith(THINK_OPEN)
         return handle.tokenizer.encode(text, add_special_tokens=False), thinking
 
-    def _sampling(self, body: ChatCompletionRequest, handle: ChatModelHandle) -> SamplingParams:
-        defaults = {**SAMPLING_DEFAULTS, **handle.spec.defaults}
-
-        def pick(name: str) -> Any:
-            val = getattr(body, name)
-            return defaults[name] if val is None else val
-
-        bias: dict[int, float] = {}
-        vocab = handle.tokenizer.vocab_size
-        for key, val in (body.logit_bias or {}).items():
-            tid = int(key)
-            if not 0 <= tid < vocab:
-                raise APIError(400, f"logit_bias token id {tid} is outside the vocabulary "
-                               f"(0..{vocab - 1})", param="logit_bias")
-            bias[tid] = val
-        return SamplingParams(
-            temperature=float(pick("temperature")), top_p=float(pick("top_p")),
-            top_k=int(pick("top_k")), min_p=float(pick("min_p")), seed=body.seed,
-            presence_penalty=body.presence_penalty, frequency_penalty=body.frequency_penalty,
-            repetition_penalty=float(pick("repetition_penalty")), logit_bias=bias,
-            logprobs=body.logprobs, top_logprobs=body.top_logprobs or 0,
-        )
-
     # -- running ----------------------------------------------------------------
     async def start(self, prep: PreparedChat) -> list[RequestStream]:
         """Submit and wait for admission, so a refusal is a plain HTTP error (before 200)."""
-        streams = [self.engine.submit(r) for r in prep.requests]
-        try:
-            for stream in streams:
-                event = await stream.get()
-                if isinstance(event, Failed):
-                    raise failure_error(event)
-                assert isinstance(event, Admitted)
-                if prep.cache_info is None:
-                    prep.cache_info = event.cache_info
-        except BaseException:
-            self._abort_unfinished(prep, streams)
-            raise
+        streams, prep.cache_info = await admit(self.engine, prep.requests)
         return streams
 
     def _abort_unfinished(self, prep: PreparedChat, streams: list[RequestStream]) -> None:
-        for req, stream in zip(prep.requests, streams):
-            if not stream.closed:
-                self.engine.abort(req.id)
+        abort_unfinished(self.engine, prep.requests, streams)
 
     async def complete(self, prep: PreparedChat, streams: list[RequestStream]) -> dict[str, Any]:
         try:
-            results = await asyncio.gather(*(_collect(s) for s in streams))
+            results = await asyncio.gather(*(collect(s) for s in streams))
         finally:  # a cancelled (disconnected) request stops generating
             self._abort_unfinished(prep, streams)
         choices = []
@@ -203,8 +167,8 @@ class ChatService:
 
     async def stream(self, prep: PreparedChat, streams: list[RequestStream]
                      ) -> AsyncIterator[bytes]:
-        merged: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
-        pumps = [asyncio.create_task(_pump(i, s, merged, self.settings.keepalive_seconds))
+        merged: asyncio.Queue[tuple[int, StreamEvent]] = asyncio.Queue()
+        pumps = [asyncio.create_task(pump(i, s, merged, self.settings.keepalive_seconds))
                  for i, s in enumerate(streams)]
         include_usage = bool(prep.body.stream_options and prep.body.stream_options.include_usage)
         usage = Usage(0, 0)
@@ -253,33 +217,6 @@ class ChatService:
         return sse_data({"id": prep.id, "object": "chat.completion.chunk",
                          "created": prep.created, "model": prep.model_name,
                          "system_fingerprint": _fp(prep), "choices": [choice]})
-
-
-async def _collect(stream: RequestStream) -> tuple[str, list[TokenLogprob], Finished]:
-    parts: list[str] = []
-    lps: list[TokenLogprob] = []
-    async for event in stream:
-        if isinstance(event, Delta):
-            parts.append(event.text)
-            lps.extend(event.logprobs)
-        elif isinstance(event, Finished):
-            return "".join(parts), lps, event
-        elif isinstance(event, Failed):
-            raise failure_error(event)
-    raise APIError(500, "generation ended without a result")
-
-
-async def _pump(index: int, stream: RequestStream, out: asyncio.Queue[tuple[int, Any]],
-                keepalive: float) -> None:
-    while True:
-        event = await stream.get(timeout=keepalive)
-        await out.put((index, event))
-        if isinstance(event, (Finished, Failed)):
-            return
-
-
-def _with_seed(params: SamplingParams, offset: int) -> SamplingParams:
-    return replace(params, seed=None if params.seed is None else params.seed + offset)
 
 
 def _fp(prep: PreparedChat) -> str:

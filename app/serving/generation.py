@@ -1,0 +1,125 @@
+"""What chat and legacy completions share between a route and the engine: sampling
+parameters from a request, admission, collecting or pumping a stream, aborting."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+from app.engine.engine import Engine
+from app.engine.models import ChatModelHandle
+from app.engine.request import (
+    Admitted,
+    Delta,
+    Failed,
+    Finished,
+    GenerationRequest,
+    SamplingParams,
+    TokenLogprob,
+)
+from app.engine.stream import RequestStream
+from app.protocol.errors import APIError
+from app.protocol.sampling import GenerationFields
+from app.serving.reply import failure_error
+
+SAMPLING_DEFAULTS = {"temperature": 1.0, "top_p": 1.0, "top_k": 0, "min_p": 0.0,
+                     "repetition_penalty": 1.0}
+StreamEvent = Delta | Finished | Failed | None
+"""What a pump forwards: an event, or None when a keepalive is due."""
+
+
+def sampling_params(body: GenerationFields, handle: ChatModelHandle, *, logprobs: bool,
+                    top_logprobs: int) -> SamplingParams:
+    defaults = {**SAMPLING_DEFAULTS, **handle.spec.defaults}
+
+    def pick(name: str) -> Any:
+        val = getattr(body, name)
+        return defaults[name] if val is None else val
+
+    bias: dict[int, float] = {}
+    vocab = handle.tokenizer.vocab_size
+    for key, val in (body.logit_bias or {}).items():
+        tid = int(key)
+        if not 0 <= tid < vocab:
+            raise APIError(400, f"logit_bias token id {tid} is outside the vocabulary "
+                           f"(0..{vocab - 1})", param="logit_bias")
+        bias[tid] = val
+    return SamplingParams(
+        temperature=float(pick("temperature")), top_p=float(pick("top_p")),
+        top_k=int(pick("top_k")), min_p=float(pick("min_p")), seed=body.seed,
+        presence_penalty=body.presence_penalty, frequency_penalty=body.frequency_penalty,
+        repetition_penalty=float(pick("repetition_penalty")), logit_bias=bias,
+        logprobs=logprobs, top_logprobs=top_logprobs,
+    )
+
+
+def with_seed(params: SamplingParams, offset: int) -> SamplingParams:
+    """The parameters of the `offset`-th of `n` choices (seeded choices differ)."""
+    return replace(params, seed=None if params.seed is None else params.seed + offset)
+
+
+def max_new_tokens(requested: int | None, prompt_tokens: int, handle: ChatModelHandle,
+                   default: int | None, param: str) -> int:
+    """The token budget of a reply, or the 400 when prompt and request exceed the context."""
+    ctx = handle.context_length
+    if prompt_tokens >= ctx or (requested is not None and prompt_tokens + requested > ctx):
+        want = f"{prompt_tokens} prompt tokens" + \
+            (f" + {requested} max tokens" if requested else "")
+        raise APIError(400, f"This model's maximum context length is {ctx} tokens; "
+                       f"the request has {want}.", param=param, code="context_length_exceeded")
+    limit = requested or handle.spec.defaults.get("max_tokens") or default
+    return min(limit or ctx, ctx - prompt_tokens)
+
+
+async def admit(engine: Engine, requests: Sequence[GenerationRequest]
+                ) -> tuple[list[RequestStream], str | None]:
+    """Submit and wait for admission, so a refusal is a plain HTTP error (before 200).
+    Returns the streams and how the prompt met the KV cache."""
+    streams = [engine.submit(r) for r in requests]
+    cache_info = None
+    try:
+        for stream in streams:
+            event = await stream.get()
+            if isinstance(event, Failed):
+                raise failure_error(event)
+            assert isinstance(event, Admitted)
+            cache_info = cache_info or event.cache_info
+    except BaseException:
+        abort_unfinished(engine, requests, streams)
+        raise
+    return streams, cache_info
+
+
+def abort_unfinished(engine: Engine, requests: Sequence[GenerationRequest],
+                     streams: Sequence[RequestStream]) -> None:
+    for req, stream in zip(requests, streams):
+        if not stream.closed:
+            engine.abort(req.id)
+
+
+async def collect(stream: RequestStream) -> tuple[str, list[TokenLogprob], Finished]:
+    """A whole reply: its text, logprobs and final event (or the failure, raised)."""
+    parts: list[str] = []
+    lps: list[TokenLogprob] = []
+    async for event in stream:
+        if isinstance(event, Delta):
+            parts.append(event.text)
+            lps.extend(event.logprobs)
+        elif isinstance(event, Finished):
+            return "".join(parts), lps, event
+        elif isinstance(event, Failed):
+            raise failure_error(event)
+    raise APIError(500, "generation ended without a result")
+
+
+async def pump(index: int, stream: RequestStream,
+               out: asyncio.Queue[tuple[int, StreamEvent]], keepalive: float) -> None:
+    """Forward one choice's events into a queue shared by all choices of a request."""
+    while True:
+        event = await stream.get(timeout=keepalive)
+        assert not isinstance(event, Admitted)
+        await out.put((index, event))  # type: ignore[arg-type]
+        if isinstance(event, (Finished, Failed)):
+            return
