@@ -10,11 +10,12 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from app.accel.process import describe_runtime, prepare_process
-from app.api import audio, cache, chat, models
+from app.api import audio, cache, chat, completions, models
 from app.api.errors import install_error_handlers
 from app.engine.engine import Engine
 from app.models.registry import Registry
 from app.serving.chat import ChatService
+from app.serving.completions import CompletionService
 from app.serving.transcribe import TranscriptionService
 from app.settings import Settings
 
@@ -47,6 +48,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         engine.start(asyncio.get_running_loop())
         app.state.engine = engine
         app.state.chat = ChatService(engine, registry, settings)
+        app.state.completions = CompletionService(engine, registry, settings)
         app.state.transcribe = TranscriptionService(engine, registry, settings)
         app.state.load_error = None
         loader = asyncio.create_task(_eager_load(app)) if settings.eager_load else None
@@ -62,6 +64,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.registry = registry
     install_error_handlers(app)
     app.include_router(chat.router)
+    app.include_router(completions.router)
     app.include_router(models.router)
     app.include_router(cache.router)
     app.include_router(audio.router)

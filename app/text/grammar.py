@@ -15,6 +15,7 @@ that parses instead of being cut off by `max_tokens`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import Iterable
@@ -33,6 +34,12 @@ JSON_OPTIONS: dict[str, Any] = {"whitespace_flexible": False, "item_separator": 
                                 "key_separator": ": "}
 ANY_OBJECT: dict[str, Any] = {"type": "object"}
 BITS = 32  # llguidance's masks are int32 words, bit i of word w = token 32*w + i
+# The close is planned (on a copy of the matcher) once the budget is this near the end.
+CLOSING_WINDOW = 48
+MAX_CLOSE_TOKENS = 96
+CLOSE_MARGIN = 2  # tokens kept in reserve: a close can grow while it is being written
+# Tried in order where the JSON syntax's own closing text does not fit the schema.
+CLOSE_FILLERS = ('"', "0", "}", "]", "false", ",")
 
 
 class GrammarError(ValueError):
@@ -115,20 +122,50 @@ class Constraint:
         return out
 
     def _keep_closable(self, allowed: np.ndarray) -> None:
-        """Drop tokens that could leave more to close than the budget has left; when that
-        leaves nothing, the next token of the closing text (if the grammar allows it)."""
+        """Near the end of the budget, keep the document closable: drop tokens that could
+        open more than the budget has left, and when it runs out, allow only the next
+        token of the shortest close the grammar accepts."""
         assert self._budget is not None and self._cursor is not None
-        closing = self._cursor.closing()
-        # tokens left after this one and the end token, were the rest the closing text
-        slack = self._budget - self._consumed - 2 - len(closing)
-        if slack >= MAX_GROWTH_PER_BYTE * int(self._grammar.token_bytes.max()):
-            return  # no single token can use up the budget yet
-        tokens = self._grammar.tokenizer.tokenize_bytes(closing.encode()) if closing else []
-        safe = allowed & (MAX_GROWTH_PER_BYTE * self._grammar.token_bytes <= slack)
-        if tokens and allowed[tokens[0]]:
-            safe[tokens[0]] = True
+        remaining = self._budget - self._consumed  # this token included
+        widest = MAX_GROWTH_PER_BYTE * int(self._grammar.token_bytes.max())
+        if remaining > len(self._cursor.closing()) + CLOSING_WINDOW + widest:
+            return  # far from the end: nothing to plan yet
+        plan = self._closing_plan()
+        if not plan:
+            return  # already complete (only the end token left), or no close found
+        slack = remaining - 1 - len(plan) - 1  # after this token, the close and the end
+        safe = allowed & (MAX_GROWTH_PER_BYTE * self._grammar.token_bytes <= slack - CLOSE_MARGIN)
+        if allowed[plan[0]]:
+            safe[plan[0]] = True
+        if slack <= CLOSE_MARGIN and allowed[plan[0]]:
+            safe[:] = False
+            safe[plan[0]] = True
         if safe.any():
             allowed[:] = safe
+
+    def _closing_plan(self) -> list[int] | None:
+        """The tokens of a short close from here that the grammar (schema) accepts: what
+        it forces, else the JSON syntax's closing text or a filler character."""
+        assert self._cursor is not None
+        matcher = self._matcher.deep_copy()
+        cursor = dataclasses.replace(self._cursor, stack=list(self._cursor.stack))
+        tokenize = self._grammar.tokenizer.tokenize_bytes
+        plan: list[int] = []
+        while len(plan) < MAX_CLOSE_TOKENS:
+            if matcher.is_stopped() or matcher.is_accepting():
+                return plan
+            closing = cursor.closing()
+            candidates = matcher.compute_ff_tokens()[:1] or \
+                [t for text in (closing, closing[:1], *CLOSE_FILLERS) if text
+                 for t in tokenize(text.encode())[:1]]
+            token = next((t for t in candidates if matcher.validate_tokens([t]) == 1), None)
+            if token is None:
+                return None
+            matcher.consume_token(token)
+            cursor.feed(self._grammar.tokenizer.decode_bytes([token]).decode(
+                "utf-8", errors="replace"))
+            plan.append(token)
+        return None
 
     def consume(self, token: int) -> bool:
         """Advance past a sampled token; False when the grammar rejects it."""
