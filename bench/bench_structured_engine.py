@@ -19,8 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import mlx.core as mx  # noqa: E402  (after bench_gpu_batch's process set-up)
-from bench_gpu_batch import GEOMETRIES, build_model, prompts  # also prepares the process
+from bench_gpu_batch import GEOMETRIES, build_model, mx, prompts  # prepares the process first
 
 WARM_UP_TOKENS = 32  # room for the schema's keys and a close
 TOKENIZER = Path(__file__).resolve().parent / "out" / "smollm2-135m-hf" / "tokenizer.json"

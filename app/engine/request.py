@@ -44,8 +44,9 @@ class TokenConstraint(Protocol):
     """Which tokens may come next (app/text/grammar.py's Constraint): asked before every
     sampling step of its row, told every sampled token."""
 
-    def allowed(self, vocab: int) -> np.ndarray:
-        """bool[vocab] of the tokens that may be sampled next."""
+    def fill(self, words: np.ndarray) -> None:
+        """Write the tokens that may come next into `words` (int32; bit i of word w is
+        token 32*w + i), which starts all zero and may be longer than the mask."""
 
     def consume(self, token: int) -> bool:
         """Advance past a sampled token; False when it was not allowed."""

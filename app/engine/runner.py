@@ -192,7 +192,9 @@ class ChatRunner:
         While the batch is unchanged and no row samples from Python-side state
         (penalties), step t+1 is launched on the device before step t's tokens are read
         back, so the device does not wait for per-token Python work (detokenize, stop
-        strings, events). Any change of the batch first collects the step in flight.
+        strings, events). With constrained rows only step t+1's forward is launched
+        early: their masks need step t's tokens. Any change of the batch first collects
+        the step in flight.
         """
         rows = list(self.running)
         prev = self._inflight
@@ -202,17 +204,25 @@ class ChatRunner:
             if not rows:
                 return
         logits = self._step_logits(prev, rows)
-        launched = _Inflight(rows, launch_sample(logits, [s.sampler for s in rows],
-                                                 [s.generated for s in rows]))
+        samplers, generated = [s.sampler for s in rows], [s.generated for s in rows]
         # Rows that finished and are in the batch only to feed their final token must
         # leave right after this step: launching another step first would feed them a
         # token past the end, and their stored KV would no longer match their tokens.
         if not any(s.sampler.processors or s.finished for s in rows):
+            constrained = any(s.sampler.constraint is not None for s in rows)
+            if constrained and prev is not None:
+                # A row's mask needs the last step's token: the device runs this step's
+                # forward while the last step is collected, then this step is sampled.
+                mx.async_eval(logits)
+                self._inflight = None
+                self._collect(prev, next_launched=True)
+            launched = _Inflight(rows, launch_sample(logits, samplers, generated))
             mx.async_eval(launched.sample.tokens)
             self._inflight = launched
-            if prev is not None:
+            if prev is not None and not constrained:
                 self._collect(prev, next_launched=True)
             return
+        launched = _Inflight(rows, launch_sample(logits, samplers, generated))
         self._inflight = None
         if prev is not None:
             self._collect(prev, next_launched=True)

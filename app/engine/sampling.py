@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import mlx.core as mx
+import numpy as np
 
 from app.engine.request import SamplingParams, TokenConstraint
 
@@ -21,6 +22,7 @@ from app.engine.request import SamplingParams, TokenConstraint
 LogitsProcessor = Callable[[list[int], mx.array], mx.array]
 NEG_INF = float("-inf")
 SEED_SPACE = 2**64  # mx.random.key takes an unsigned 64-bit seed
+MASK_BITS = 32  # token masks are int32 words, bit i of word w = token 32*w + i
 
 
 def penalty_processor(params: SamplingParams, prompt: Sequence[int]) -> LogitsProcessor | None:
@@ -61,41 +63,38 @@ def bias_processor(bias: dict[int, float]) -> LogitsProcessor | None:
     return apply
 
 
-def constraint_processor(constraint: TokenConstraint) -> LogitsProcessor:
-    """Mask every token the constraint does not allow next. Tokens sampled since the last
-    call are consumed first, so the mask is always for the position being sampled."""
-    seen = [0]
-
-    def apply(generated: list[int], logits: mx.array) -> mx.array:
-        for token in generated[seen[0] :]:
-            constraint.consume(token)
-        seen[0] = len(generated)
-        allowed = mx.array(constraint.allowed(logits.shape[-1]))
-        return mx.where(allowed, logits, NEG_INF)
-
-    return apply
-
-
 @dataclass(slots=True)
 class RowSampler:
     params: SamplingParams
     processors: list[LogitsProcessor] = field(default_factory=list)
     key: mx.array | None = None
+    constraint: TokenConstraint | None = None
+    """Constrained decoding: its mask is applied after every processor, for the whole
+    batch in one operation (launch_sample)."""
+    consumed: int = 0
+    """Generated tokens already told to the constraint."""
 
     @classmethod
     def create(cls, params: SamplingParams, prompt: Sequence[int],
                constraint: TokenConstraint | None = None) -> RowSampler:
-        # The mask comes last: no bias or penalty can bring back a forbidden token.
         procs = [p for p in (penalty_processor(params, prompt),
-                             bias_processor(params.logit_bias),
-                             constraint_processor(constraint) if constraint else None) if p]
+                             bias_processor(params.logit_bias)) if p]
         key = None
         if not params.greedy:
             seed = params.seed
             if seed is None:
                 seed = int.from_bytes(os.urandom(4), "little")
             key = mx.random.key(seed % SEED_SPACE)  # a negative int64 seed maps in too
-        return cls(params, procs, key)
+        return cls(params, procs, key, constraint)
+
+    def fill_mask(self, generated: list[int], words: np.ndarray) -> None:
+        """Tell the constraint the tokens sampled since the last step, then write the
+        next token's mask into `words`."""
+        assert self.constraint is not None
+        for token in generated[self.consumed :]:
+            self.constraint.consume(token)
+        self.consumed = len(generated)
+        self.constraint.fill(words)
 
     def next_key(self) -> mx.array:
         assert self.key is not None
@@ -151,6 +150,8 @@ def launch_sample(
             x = proc(generated[i], x)
         processed.append(x)
     x_all = mx.stack(processed) if any(r.processors for r in rows) else logits
+    if any(r.constraint is not None for r in rows):
+        x_all = _masked(x_all, rows, generated)
 
     tokens = mx.argmax(x_all, axis=-1)
     sampled = [i for i, r in enumerate(rows) if not r.params.greedy]
@@ -165,6 +166,24 @@ def launch_sample(
     logprobs = x_all - mx.logsumexp(x_all, axis=-1, keepdims=True)
     chosen = mx.take_along_axis(logprobs, tokens[:, None], axis=-1)[:, 0]
     return PendingSample(tokens, chosen, logprobs)
+
+
+def _masked(logits: mx.array, rows: Sequence[RowSampler],
+            generated: Sequence[list[int]]) -> mx.array:
+    """`logits` [B, V] with every token a row's constraint forbids at -inf. The device
+    computes the step while the masks are built on the CPU; they travel as bit words."""
+    mx.async_eval(logits)
+    vocab = logits.shape[-1]
+    words = np.zeros((len(rows), -(-vocab // MASK_BITS)), dtype=np.int32)
+    for i, row in enumerate(rows):
+        if row.constraint is None:
+            words[i] = -1  # every bit set: everything allowed
+        else:
+            row.fill_mask(generated[i], words[i])
+    shifts = mx.arange(MASK_BITS, dtype=mx.int32)
+    bits = (mx.array(words)[:, :, None] >> shifts) & 1
+    allowed = bits.reshape(len(rows), -1)[:, :vocab].astype(mx.bool_)
+    return mx.where(allowed, logits, NEG_INF)
 
 
 def resolve(pending: PendingSample, rows: Sequence[RowSampler]) -> SampleResult:

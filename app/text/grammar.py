@@ -35,9 +35,11 @@ JSON_OPTIONS: dict[str, Any] = {"whitespace_flexible": False, "item_separator": 
 ANY_OBJECT: dict[str, Any] = {"type": "object"}
 BITS = 32  # llguidance's masks are int32 words, bit i of word w = token 32*w + i
 # The close is planned (on a copy of the matcher) once the budget is this near the end.
-CLOSING_WINDOW = 48
+CLOSING_WINDOW = 32
 MAX_CLOSE_TOKENS = 96
 CLOSE_MARGIN = 2  # tokens kept in reserve: a close can grow while it is being written
+STRUCTURAL_BYTES = frozenset(b'{}[]",:\\')
+LITERAL_GROWTH = 4  # 't' outside a string still needs 'rue'
 # Tried in order where the JSON syntax's own closing text does not fit the schema.
 CLOSE_FILLERS = ('"', "0", "}", "]", "false", ",")
 
@@ -53,10 +55,16 @@ class TokenGrammar:
         self.eos_ids = sorted(set(eos_ids))
         self.tokenizer = llguidance.LLTokenizer(tokenizer_json, eos_token=self.eos_ids)
         self.vocab_size = int(self.tokenizer.vocab_size)
-        # Bytes per token: how much one token can open in the worst case.
-        self.token_bytes = np.array([len(self.tokenizer.decode_bytes([t]))
-                                     for t in range(self.vocab_size)], dtype=np.int64)
-        self.token_bytes[[t for t in self.eos_ids if t < self.vocab_size]] = 0
+        # How much one token can lengthen a document's closing text, at most (JsonCursor):
+        # each structural byte a few characters, anything else only a literal's letters.
+        structure = np.array([sum(map(STRUCTURAL_BYTES.__contains__,
+                                      self.tokenizer.decode_bytes([t])))
+                              for t in range(self.vocab_size)], dtype=np.int64)
+        self.token_growth = MAX_GROWTH_PER_BYTE * structure + LITERAL_GROWTH
+        self.token_growth[[t for t in self.eos_ids if t < self.vocab_size]] = 0
+        self.by_growth = np.argsort(-self.token_growth, kind="stable")
+        self.growth_desc = self.token_growth[self.by_growth]
+        self.max_growth = int(self.growth_desc[0])
 
     def json(self, schema: dict[str, Any] | None, budget: int | None = None) -> Constraint:
         """Output that is one JSON document valid under `schema` (None: any JSON object),
@@ -105,21 +113,44 @@ class Constraint:
         """Why the matcher stopped accepting tokens, if it did (a rejected token)."""
         return self._matcher.get_error() if self._matcher.is_error() else None
 
-    def allowed(self, vocab: int) -> np.ndarray:
-        """bool[vocab]: the tokens that may come next. `vocab` may exceed the tokenizer's
-        (padding rows of the embedding): those are never allowed. After an error only the
-        end tokens are, so the generation stops."""
-        out = np.zeros(vocab, dtype=bool)
+    def fill(self, words: np.ndarray) -> None:
+        """Write the next token's mask into `words` (int32 bit words, zeros beyond the
+        tokenizer's vocabulary: padding rows of the embedding are never allowed). After
+        an error only the end tokens are allowed, so the generation stops."""
+        n = self._words.size
         if self._matcher.is_error():
-            out[[t for t in self._grammar.eos_ids if t < vocab]] = True
-            return out
-        self._matcher.unsafe_compute_mask_ptr(self._words.ctypes.data, self._words.nbytes)
-        bits = np.unpackbits(self._words.view(np.uint8), bitorder="little")
-        n = min(vocab, self._grammar.vocab_size)
-        out[:n] = bits[:n]
-        if self._budget is not None:
-            self._keep_closable(out[:n])
-        return out
+            allowed = np.zeros(n * BITS, dtype=bool)
+            allowed[self._grammar.eos_ids] = True
+            words[:n] = np.packbits(allowed, bitorder="little").view(np.int32)
+            return
+        row = words[:n]
+        assert row.flags.c_contiguous
+        self._matcher.unsafe_compute_mask_ptr(row.ctypes.data, row.nbytes)
+        if self._budget is None or self._cursor is None:
+            return
+        slack = self._budget - self._consumed - 2 - len(self._cursor.closing())
+        if slack >= CLOSING_WINDOW:
+            # far from the end: only tokens that could open more than is left are dropped
+            if slack - CLOSE_MARGIN < self._grammar.max_growth:
+                self._drop_growing(row, slack - CLOSE_MARGIN)
+            return
+        allowed = np.unpackbits(row.view(np.uint8), bitorder="little").astype(bool)
+        self._keep_closable(allowed[: self._grammar.vocab_size])
+        row[:] = np.packbits(allowed, bitorder="little").view(np.int32)[:n]
+
+    def _drop_growing(self, row: np.ndarray, limit: int) -> None:
+        """Clear the bits of tokens whose growth could exceed `limit`."""
+        count = int(np.searchsorted(-self._grammar.growth_desc, -limit, side="left"))
+        ids = self._grammar.by_growth[:count]
+        bits = np.left_shift(np.uint32(1), (ids % BITS).astype(np.uint32))
+        np.bitwise_and.at(row.view(np.uint32), ids // BITS, ~bits)
+
+    def allowed(self, vocab: int) -> np.ndarray:
+        """bool[vocab]: the tokens that may come next (one row; `fill` for batches)."""
+        words = np.zeros(max(self._words.size, -(-vocab // BITS)), dtype=np.int32)
+        self.fill(words)
+        bits = np.unpackbits(words.view(np.uint8), bitorder="little")
+        return bits[:vocab].astype(bool)
 
     def _keep_closable(self, allowed: np.ndarray) -> None:
         """Near the end of the budget, keep the document closable: drop tokens that could
@@ -127,14 +158,11 @@ class Constraint:
         token of the shortest close the grammar accepts."""
         assert self._budget is not None and self._cursor is not None
         remaining = self._budget - self._consumed  # this token included
-        widest = MAX_GROWTH_PER_BYTE * int(self._grammar.token_bytes.max())
-        if remaining > len(self._cursor.closing()) + CLOSING_WINDOW + widest:
-            return  # far from the end: nothing to plan yet
         plan = self._closing_plan()
         if not plan:
             return  # already complete (only the end token left), or no close found
         slack = remaining - 1 - len(plan) - 1  # after this token, the close and the end
-        safe = allowed & (MAX_GROWTH_PER_BYTE * self._grammar.token_bytes <= slack - CLOSE_MARGIN)
+        safe = allowed & (self._grammar.token_growth <= slack - CLOSE_MARGIN)
         if allowed[plan[0]]:
             safe[plan[0]] = True
         if slack <= CLOSE_MARGIN and allowed[plan[0]]:
