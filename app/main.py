@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from app.accel.process import describe_runtime, prepare_process
 from app.api import audio, cache, chat, completions, models
 from app.api.errors import install_error_handlers
+from app.api.request_id import RequestIdMiddleware
 from app.engine.engine import Engine
 from app.models.registry import Registry
 from app.serving.chat import ChatService
@@ -63,6 +64,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.registry = registry
     install_error_handlers(app)
+    app.add_middleware(RequestIdMiddleware)
     app.include_router(chat.router)
     app.include_router(completions.router)
     app.include_router(models.router)

@@ -22,7 +22,7 @@ from app.engine.engine import Engine
 from app.engine.models import TranscriptionModelHandle
 from app.engine.request import Admitted, Failed, TranscriptDone, TranscriptSegments
 from app.engine.stream import RequestStream
-from app.models.registry import Registry
+from app.models.registry import Registry, source_available
 from app.models.whisper.transcribe import TranscriptionJob
 from app.protocol.errors import APIError, model_not_found
 from app.protocol.sse import SSE_HEADERS, sse_data
@@ -33,6 +33,8 @@ from app.settings import Settings
 logger = logging.getLogger(__name__)
 
 DEFAULT_GRANULARITIES = ("segment",)
+# Names that ask for "a Whisper", not a particular one: translations may go elsewhere.
+GENERIC_NAMES = ("whisper-1",)
 
 
 @dataclass(slots=True)
@@ -93,8 +95,7 @@ class TranscriptionService:
                            code="invalid_audio") from exc
         handle = await self.engine.transcription_model(spec)
         if p.task == "translate" and not handle.is_multilingual:
-            raise APIError(400, f"model {spec.id!r} is English-only and cannot translate",
-                           param="model", code="model_not_supported")
+            handle = await self._translator(p.model, handle)
         options = TranscribeOptions(
             language=p.language, task=p.task, prompt=p.prompt,
             temperature=p.temperature or None, word_timestamps="word" in p.granularities)
@@ -104,6 +105,20 @@ class TranscriptionService:
         except ValueError as exc:
             raise APIError(400, str(exc), param="language") from exc
         return PreparedTranscription(handle, job, p)
+
+    async def _translator(self, asked: str | None,
+                          english_only: TranscriptionModelHandle) -> TranscriptionModelHandle:
+        """A multilingual model for a translation that named no particular model (none, or
+        the generic `whisper-1` every OpenAI client sends); else the English-only one's 400."""
+        if asked is None or asked in GENERIC_NAMES:
+            for spec in self.registry.listed():
+                if spec.kind == "transcription" and spec.id != english_only.spec.id and \
+                        source_available(spec):
+                    other = await self.engine.transcription_model(spec)
+                    if other.is_multilingual:
+                        return other
+        raise APIError(400, f"model {english_only.spec.id!r} is English-only and cannot "
+                       "translate", param="model", code="model_not_supported")
 
     async def start(self, prep: PreparedTranscription) -> TranscriptionRun:
         """Submit and wait for admission, so a refusal is a plain HTTP error (before 200)."""

@@ -137,8 +137,8 @@ def test_bad_audio_gets_clear_errors(server: Server) -> None:
     assert err(_post(server, CLIP.read_bytes(), response_format="xml"), 400)["param"] == \
         "response_format"
     r = httpx.post(server.api + "/audio/translations", files={"file": ("a.wav", CLIP.read_bytes())},
-                   timeout=60)
-    assert err(r, 400)["code"] == "model_not_supported"
+                   data={"model": "whisper-tiny.en"}, timeout=60)
+    assert err(r, 400)["code"] == "model_not_supported"  # named English-only: it says so
     missing = httpx.post(server.api + "/audio/transcriptions", data={"model": "whisper-1"})
     assert err(missing, 400)["param"] == "file"
     # ...and the engine still serves.
@@ -171,6 +171,24 @@ async def test_chat_stream_keeps_flowing_during_transcription(server: Server) ->
     await chat_task
     during = [s for s in stamps if t0 <= s <= t1]
     assert len(during) >= 3, f"chat produced {len(during)} tokens during {t1 - t0:.1f}s of ASR"
+
+
+def test_whisper_1_translations_go_to_a_multilingual_model(server: Server) -> None:
+    client = openai.OpenAI(base_url=server.api, api_key="x", max_retries=0, timeout=300)
+    with CLIP.open("rb") as fh:
+        translated = client.audio.translations.create(model="whisper-1", file=fh)
+    assert {"he", "was", "not", "young", "man"} <= set(_words(translated.text))
+    r = httpx.post(server.api + "/audio/translations", files={"file": ("a.wav", CLIP.read_bytes())},
+                   data={"model": "whisper-1"}, timeout=300)
+    assert r.status_code == 200 and r.headers["x-request-id"].startswith("req_")
+
+
+def test_request_id_is_the_clients_own(server: Server) -> None:
+    r = httpx.get(server.api + "/models", headers={"x-request-id": "my-trace-7"})
+    assert r.headers["x-request-id"] == "my-trace-7"
+    odd = httpx.get(server.api + "/models", headers={"x-request-id": "a b\tc"})
+    assert odd.headers["x-request-id"].startswith("req_")
+    assert "my-trace-7 GET /v1/models -> 200" in server.log_text()
 
 
 def test_multilingual_base_translates_and_detects_language(server: Server) -> None:
