@@ -24,6 +24,10 @@ class SourceUnavailable(RuntimeError):
     """A model's files cannot be found or fetched."""
 
 
+HUB_PROBE_SECONDS = 1.5
+_hub_usable: bool | None = None
+
+
 @dataclass(slots=True)
 class ModelSource:
     package: str | None = None
@@ -110,8 +114,41 @@ def _part_path(ref: str) -> Path | None:
     return path if path.is_absolute() else _package_path(ref)
 
 
+def hub_usable() -> bool:
+    """Whether a Hub model not in the local cache could be fetched now: not offline, and
+    the Hub answered a connection within HUB_PROBE_SECONDS (asked once per process)."""
+    global _hub_usable
+    if _hub_usable is None:
+        from huggingface_hub import constants
+
+        _hub_usable = not constants.HF_HUB_OFFLINE and _reachable(constants.ENDPOINT)
+    return _hub_usable
+
+
+def _reachable(url: str) -> bool:
+    import socket
+    from urllib.parse import urlparse
+
+    parsed = urlparse(url)
+    try:
+        with socket.create_connection((parsed.hostname or "", parsed.port or 443),
+                                      timeout=HUB_PROBE_SECONDS):
+            return True
+    except OSError:
+        return False
+
+
+def _hf_cached(ref: str) -> bool:
+    try:
+        _hf_fetch("", ref, offline=True)
+    except SourceUnavailable:
+        return False
+    return True
+
+
 def source_available(spec: ModelSpec) -> bool:
-    """Cheap check used to list models: package/path present (Hub sources assumed fetchable)."""
+    """Whether a model can be loaded here: its package or path is present, or its Hub repo
+    is in the local cache or fetchable now (what /v1/models lists)."""
     src = spec.source
     if any((p := _part_path(ref)) is None or not p.exists() for ref in src.parts):
         return False
@@ -120,7 +157,8 @@ def source_available(spec: ModelSpec) -> bool:
         return p is not None and p.exists()
     if src.path:
         return Path(src.path).expanduser().exists()
-    return True
+    assert src.hf is not None
+    return _hf_cached(src.hf) or hub_usable()
 
 
 @dataclass(slots=True)
@@ -145,7 +183,8 @@ class Registry:
         return self._names.get(name)
 
     def listed(self) -> list[ModelSpec]:
-        return [s for s in self.specs if not s.optional or source_available(s)]
+        """The models that can be served here."""
+        return [s for s in self.specs if source_available(s)]
 
     @classmethod
     def from_yaml(cls, path: Path, default_chat: str | None = None,

@@ -31,13 +31,14 @@ from app.engine.request import (
 from app.engine.stream import RequestStream
 from app.models.registry import Registry
 from app.protocol.chat import ChatCompletionRequest
-from app.protocol.errors import APIError, model_not_found
+from app.protocol.errors import APIError
 from app.protocol.sse import SSE_DONE, SSE_HEADERS, sse_comment, sse_data
 from app.serving.chat_output import ChoiceOutput, logprobs_json, usage_json
 from app.serving.generation import (
     StreamEvent,
     abort_unfinished,
     admit,
+    chat_model,
     collect,
     max_new_tokens,
     pump,
@@ -101,11 +102,8 @@ class ChatService:
         return Complete(await guard(self.complete(prepared, streams)), headers=headers)
 
     async def prepare(self, body: ChatCompletionRequest, session: str | None) -> PreparedChat:
-        name = body.model or self.registry.default_chat
-        spec = self.registry.get(name) if name else None
-        if spec is None or spec.kind != "chat":
-            raise model_not_found(name or "")
-        handle = await self.engine.chat_model(spec)
+        handle = await chat_model(self.engine, self.registry, body.model)
+        spec = handle.spec
         tools = tool_plan(body, handle.tokenizer.chat_template)
         prompt, thinking = await run_in_threadpool(self._render, body, handle, tools)
         max_tokens = max_new_tokens(body.max_completion_tokens or body.max_tokens, len(prompt),

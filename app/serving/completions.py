@@ -19,13 +19,14 @@ from app.engine.request import Delta, Failed, Finished, GenerationRequest, Token
 from app.engine.stream import RequestStream
 from app.models.registry import Registry
 from app.protocol.completions import CompletionRequest
-from app.protocol.errors import APIError, model_not_found
+from app.protocol.errors import APIError
 from app.protocol.sse import SSE_DONE, SSE_HEADERS, sse_comment, sse_data
 from app.serving.chat_output import LOGPROB_FLOOR, usage_json
 from app.serving.generation import (
     StreamEvent,
     abort_unfinished,
     admit,
+    chat_model,
     collect,
     max_new_tokens,
     pump,
@@ -72,11 +73,8 @@ class CompletionService:
             raise APIError(400, "echo together with logprobs is not supported (the prompt's "
                            "own log-probabilities are not computed)", param="echo",
                            code="unsupported_parameter")
-        name = body.model or self.registry.default_chat
-        spec = self.registry.get(name) if name else None
-        if spec is None or spec.kind != "chat":
-            raise model_not_found(name or "")
-        handle = await self.engine.chat_model(spec)
+        handle = await chat_model(self.engine, self.registry, body.model)
+        spec = handle.spec
         prompts = await run_in_threadpool(self._tokenize, body, handle)
         top = body.logprobs or 0
         sampling = sampling_params(body, handle, logprobs=body.logprobs is not None,

@@ -4,6 +4,7 @@ parameters from a request, admission, collecting or pumping a stream, aborting."
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
@@ -20,14 +21,42 @@ from app.engine.request import (
     TokenLogprob,
 )
 from app.engine.stream import RequestStream
-from app.protocol.errors import APIError
+from app.models.registry import Registry, SourceUnavailable
+from app.protocol.errors import APIError, model_not_found
 from app.protocol.sampling import GenerationFields
 from app.serving.reply import failure_error
 
+logger = logging.getLogger(__name__)
+_reported: set[str] = set()
 SAMPLING_DEFAULTS = {"temperature": 1.0, "top_p": 1.0, "top_k": 0, "min_p": 0.0,
                      "repetition_penalty": 1.0}
 StreamEvent = Delta | Finished | Failed | None
 """What a pump forwards: an event, or None when a keepalive is due."""
+
+
+async def chat_model(engine: Engine, registry: Registry, name: str | None) -> ChatModelHandle:
+    """The loaded chat model a request names (None: the default), or the 4xx that says why
+    not: unknown, not a chat model, or declared but not loadable here."""
+    name = name or registry.default_chat
+    spec = registry.get(name) if name else None
+    if spec is None:
+        raise model_not_found(name or "")
+    if spec.kind != "chat":
+        raise APIError(400, f"model {spec.id!r} is a {spec.kind} model, not a chat model",
+                       param="model", code="model_not_supported")
+    try:
+        return await engine.chat_model(spec)
+    except SourceUnavailable as exc:
+        raise unavailable(spec.id, exc) from exc
+
+
+def unavailable(model_id: str, exc: SourceUnavailable) -> APIError:
+    """A declared model whose files cannot be had here: a 404 with the cause, logged once."""
+    if model_id not in _reported:
+        _reported.add(model_id)
+        logger.warning("model %s cannot be loaded: %s", model_id, exc)
+    return APIError(404, f"The model '{model_id}' cannot be loaded on this server: {exc}",
+                    param="model", code="model_not_found")
 
 
 def sampling_params(body: GenerationFields, handle: ChatModelHandle, *, logprobs: bool,

@@ -22,11 +22,12 @@ from app.engine.engine import Engine
 from app.engine.models import TranscriptionModelHandle
 from app.engine.request import Admitted, Failed, TranscriptDone, TranscriptSegments
 from app.engine.stream import RequestStream
-from app.models.registry import Registry, source_available
+from app.models.registry import Registry, SourceUnavailable, source_available
 from app.models.whisper.transcribe import TranscriptionJob
 from app.protocol.errors import APIError, model_not_found
 from app.protocol.sse import SSE_HEADERS, sse_data
 from app.protocol.transcription import TranscriptionParams
+from app.serving.generation import unavailable
 from app.serving.reply import Complete, Guard, Reply, Streamed, failure_error, failure_event
 from app.settings import Settings
 
@@ -93,7 +94,10 @@ class TranscriptionService:
         except AudioDecodeError as exc:
             raise APIError(400, f"could not decode audio: {exc}", param="file",
                            code="invalid_audio") from exc
-        handle = await self.engine.transcription_model(spec)
+        try:
+            handle = await self.engine.transcription_model(spec)
+        except SourceUnavailable as exc:
+            raise unavailable(spec.id, exc) from exc
         if p.task == "translate" and not handle.is_multilingual:
             handle = await self._translator(p.model, handle)
         options = TranscribeOptions(

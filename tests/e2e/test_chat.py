@@ -213,3 +213,16 @@ def test_models_and_health(server: Server, client: openai.OpenAI) -> None:
     assert httpx.get(server.url + "/health").json()["status"] == "ok"
     raw = httpx.get(server.api + "/models").json()
     assert json.dumps(raw)  # plain JSON
+    # only what can be served here: the Hub-only Qwen entry is neither cached nor fetchable
+    assert "qwen2.5-0.5b-instruct-4bit" not in ids
+
+
+def test_unservable_and_wrong_kind_models_say_why(server: Server) -> None:
+    url = server.api + "/chat/completions"
+    with httpx.Client(timeout=60) as http:
+        r = http.post(url, json={"model": "qwen2.5-0.5b-instruct-4bit", "messages": FRANCE})
+        err = _error(r, 404)
+        assert err["code"] == "model_not_found" and "cannot be loaded" in err["message"]
+        err = _error(http.post(url, json={"model": "whisper-1", "messages": FRANCE}), 400)
+        assert err["code"] == "model_not_supported" and "transcription" in err["message"]
+    assert server.log_text().count("model qwen2.5-0.5b-instruct-4bit cannot be loaded") == 1
