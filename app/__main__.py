@@ -14,6 +14,11 @@ def parse_args(argv: list[str] | None = None) -> dict[str, object]:
     p.add_argument("--host", help="interface to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="TCP port (default 8000)")
     p.add_argument("--models", type=Path, help="path of models.yaml")
+    p.add_argument("--model", action="append", metavar="PATH_OR_REPO",
+                   help="serve this chat model too (GGUF file, HF folder or Hub repo id; "
+                        "repeatable; the first is the default)")
+    p.add_argument("--list-models", action="store_true",
+                   help="print the configured models and whether each is available, then exit")
     p.add_argument("--default-model", help="chat model loaded at start-up")
     p.add_argument("--max-batch", type=int, help="most sequences decoding together")
     p.add_argument("--prefill-chunk", type=int, help="prompt tokens per prefill step when idle")
@@ -33,7 +38,12 @@ def parse_args(argv: list[str] | None = None) -> dict[str, object]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    settings = Settings(**parse_args(argv))  # type: ignore[arg-type]
+    args = parse_args(argv)
+    list_models = bool(args.pop("list_models", False))
+    settings = Settings(**args)  # type: ignore[arg-type]
+    if list_models:
+        print_models(settings)
+        return
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from app.accel.process import prepare_process
@@ -45,6 +55,19 @@ def main(argv: list[str] | None = None) -> None:
 
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
                 log_level=settings.log_level.lower(), timeout_graceful_shutdown=10)
+
+
+def print_models(settings: Settings) -> None:
+    from app.models.registry import Registry, source_available
+
+    registry = Registry.from_yaml(settings.models, settings.default_model,
+                                  settings.default_transcription_model, settings.model)
+    defaults = {registry.default_chat, registry.default_transcription}
+    for spec in registry.specs:
+        state = "available" if source_available(spec) else "not available here"
+        mark = " (default)" if spec.id in defaults else ""
+        aliases = f"  aliases: {', '.join(spec.aliases)}" if spec.aliases else ""
+        print(f"{spec.id}{mark}  {spec.kind}  {spec.source.describe()}  {state}{aliases}")
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     prepare_process()  # before the engine's first MLX call; a no-op if the CLI did it
     settings = settings or Settings()
     registry = Registry.from_yaml(settings.models, settings.default_model,
-                                  settings.default_transcription_model)
+                                  settings.default_transcription_model, settings.model)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

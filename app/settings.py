@@ -18,7 +18,10 @@ class Settings(BaseSettings):
     port: int = 8000
     """TCP port to listen on."""
     models: Path = REPO_ROOT / "models.yaml"
-    """Path of the models.yaml that declares the served models."""
+    """Path of the models.yaml that declares the served models (optional with `model`)."""
+    model: list[str] = []
+    """Chat models to serve besides models.yaml's (`mlxd --model`, repeatable): a GGUF file,
+    a Hugging Face folder or a Hub repo id; the first is the default chat model."""
     default_model: str | None = None
     """Chat model loaded at start-up and used when a request names none; None = first chat model."""
     default_transcription_model: str | None = None

@@ -11,6 +11,7 @@ import hashlib
 import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import mlx.core as mx
 
@@ -29,7 +30,8 @@ from app.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-UNLOAD_CHECK_SECONDS = 1.0  # how often an idle engine looks for models past their TTL
+UNLOAD_CHECK_SECONDS = 1.0
+GGUF_MAGIC = b"GGUF"  # how often an idle engine looks for models past their TTL
 
 
 @dataclass(slots=True)
@@ -55,7 +57,7 @@ class TranscriptionModelHandle:
 def load_chat_model(spec: ModelSpec, settings: Settings) -> LoadedChatModel:
     """Read a chat model's weights and choose what it computes with."""
     path = resolve_source(spec, offline=settings.hf_offline)
-    if path.suffix == ".gguf":
+    if path.suffix == ".gguf" or _is_gguf(path):
         from app.models.gguf import load_gguf
 
         loaded = load_gguf(path, dtype=spec.dtype, context_length=spec.context_length)
@@ -65,6 +67,14 @@ def load_chat_model(spec: ModelSpec, settings: Settings) -> LoadedChatModel:
         loaded = load_hf(path, dtype=spec.dtype, context_length=spec.context_length)
     accelerate_chat(loaded, settings)
     return loaded
+
+
+def _is_gguf(path: Path) -> bool:
+    """A GGUF file by its magic bytes (Ollama's blobs have no .gguf suffix)."""
+    if not path.is_file():
+        return False
+    with path.open("rb") as fh:
+        return fh.read(len(GGUF_MAGIC)) == GGUF_MAGIC
 
 
 class ModelManager:

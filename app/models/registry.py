@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -188,17 +189,40 @@ class Registry:
 
     @classmethod
     def from_yaml(cls, path: Path, default_chat: str | None = None,
-                  default_transcription: str | None = None) -> Registry:
+                  default_transcription: str | None = None,
+                  extra_chat: Sequence[str] = ()) -> Registry:
+        """The models of `path` (optional when `extra_chat` names models) after the
+        `extra_chat` ones (`mlxd --model`), the first of which is then the default."""
         try:
             doc = yaml.safe_load(path.read_text()) or {}
+        except FileNotFoundError:
+            if not extra_chat:
+                raise RegistryError(f"cannot read {path}: no such file") from None
+            doc = {}
         except (OSError, yaml.YAMLError) as exc:
             raise RegistryError(f"cannot read {path}: {exc}") from exc
-        specs = [_parse_spec(entry, i) for i, entry in enumerate(doc.get("models") or [])]
+        specs = [spec_from_reference(ref) for ref in extra_chat]
+        specs += [_parse_spec(entry, i) for i, entry in enumerate(doc.get("models") or [])]
         reg = cls(specs, default_chat, default_transcription)
         for name in (default_chat, default_transcription):
             if name and reg.get(name) is None:
                 raise RegistryError(f"default model {name!r} is not in {path}")
         return reg
+
+
+def spec_from_reference(ref: str) -> ModelSpec:
+    """A chat model from one `--model` argument: a GGUF file, a Hugging Face folder, or a
+    Hub repo id (`org/name`, or `org/name/file.gguf`). Its id is the file or repo name."""
+    path = Path(ref).expanduser()
+    if path.exists():
+        name = path.stem if path.is_file() else path.resolve().name
+        return ModelSpec(name, "chat", ModelSource(path=str(path.resolve())))
+    parts = ref.strip("/").split("/")
+    if len(parts) >= 2 and all(parts) and not ref.startswith((".", "/", "~")):
+        name = Path(parts[-1]).stem if len(parts) > 2 else parts[1]
+        return ModelSpec(name, "chat", ModelSource(hf=ref.strip("/")), aliases=[ref])
+    raise RegistryError(f"--model {ref!r}: no such file or folder, and not a Hub repo id "
+                        "(org/name)")
 
 
 def _parse_spec(entry: Any, index: int) -> ModelSpec:

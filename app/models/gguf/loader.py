@@ -75,7 +75,8 @@ def resolve_dtype(requested: str | None, file_dtype: mx.Dtype) -> tuple[str, boo
 
 def read_gguf(path: str | Path) -> tuple[dict[str, mx.array], dict[str, Any]]:
     """(tensors, metadata) of a GGUF file; metadata numbers come back as mx arrays."""
-    loaded = mx.load(str(path), return_metadata=True)
+    # format named: the file may lack the .gguf suffix (Ollama's blobs)
+    loaded = mx.load(str(path), format="gguf", return_metadata=True)
     assert isinstance(loaded, tuple)  # return_metadata=True always gives (tensors, metadata)
     tensors, metadata = loaded
     return dict(tensors), dict(metadata)
