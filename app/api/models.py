@@ -6,6 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 
 from app.engine.engine import Engine
 from app.models.registry import ModelSpec, Registry
@@ -25,8 +26,10 @@ def _model_json(spec: ModelSpec, engine: Engine) -> dict[str, Any]:
 @router.get("/v1/models")
 async def list_models(request: Request) -> dict[str, Any]:
     registry: Registry = request.app.state.registry
+    # listed() checks files (and once the Hub): off the event loop
+    specs = await run_in_threadpool(registry.listed)
     return {"object": "list",
-            "data": [_model_json(s, request.app.state.engine) for s in registry.listed()]}
+            "data": [_model_json(s, request.app.state.engine) for s in specs]}
 
 
 @router.get("/v1/models/{model_id:path}")

@@ -1,9 +1,9 @@
 """Token selection for a batch whose rows each carry their own parameters.
 
-Each row has a `RowSampler`: its logits processors (penalties, logit bias and a
-constrained-decoding token mask all use the same hook), its temperature/top-k/
-top-p/min-p, and its own PRNG key so a seeded request gives the same tokens whatever
-else shares the batch. Greedy rows take one batched argmax.
+Each row has a `RowSampler`: its logits processors (penalties, logit bias), an
+optional constraint whose token mask is applied to the whole batch at once after them,
+its temperature/top-k/top-p/min-p, and its own PRNG key so a seeded request gives the
+same tokens whatever else shares the batch. Greedy rows take one batched argmax.
 """
 
 from __future__ import annotations

@@ -35,13 +35,12 @@ from app.protocol.errors import APIError
 from app.protocol.sse import SSE_DONE, SSE_HEADERS, sse_comment, sse_data
 from app.serving.chat_output import ChoiceOutput, logprobs_json, usage_json
 from app.serving.generation import (
-    StreamEvent,
+    MergedStreams,
     abort_unfinished,
     admit,
     chat_model,
     collect,
     max_new_tokens,
-    pump,
     sampling_params,
     with_seed,
 )
@@ -165,18 +164,15 @@ class ChatService:
 
     async def stream(self, prep: PreparedChat, streams: list[RequestStream]
                      ) -> AsyncIterator[bytes]:
-        merged: asyncio.Queue[tuple[int, StreamEvent]] = asyncio.Queue()
-        pumps = [asyncio.create_task(pump(i, s, merged, self.settings.keepalive_seconds))
-                 for i, s in enumerate(streams)]
+        events = MergedStreams(streams, self.settings.keepalive_seconds)
         include_usage = bool(prep.body.stream_options and prep.body.stream_options.include_usage)
         usage = Usage(0, 0)
         outputs = [prep.output() for _ in streams]
         try:
             for i in range(len(streams)):
                 yield self._chunk(prep, i, {"role": "assistant", "content": ""})
-            open_streams = len(streams)
-            while open_streams:
-                i, event = await merged.get()
+            while events.open:
+                i, event = await events.next()
                 if event is None:
                     yield sse_comment()
                 elif isinstance(event, Delta):
@@ -187,7 +183,6 @@ class ChatService:
                     for j, delta in enumerate(deltas):
                         yield self._chunk(prep, i, delta, logprobs=lps if j == 0 else None)
                 elif isinstance(event, Finished):
-                    open_streams -= 1
                     usage.add_choice(event.usage)
                     for delta in outputs[i].final_deltas():
                         yield self._chunk(prep, i, delta)
@@ -203,8 +198,7 @@ class ChatService:
                                 "usage": usage_json(usage)})
             yield SSE_DONE
         finally:
-            for t in pumps:
-                t.cancel()
+            events.close()
             self._abort_unfinished(prep, streams)
 
     def _chunk(self, prep: PreparedChat, index: int, delta: dict[str, Any], *,

@@ -77,9 +77,14 @@ def usage_json(u: Usage) -> dict[str, Any]:
             "prompt_tokens_details": {"cached_tokens": u.cached_tokens}}
 
 
+def floor_logprob(value: float) -> float:
+    """A logprob JSON can carry: -inf (and NaN) become LOGPROB_FLOOR."""
+    return value if value >= LOGPROB_FLOOR else LOGPROB_FLOOR
+
+
 def _lp_entry(token: str, logprob: float) -> dict[str, Any]:
-    value = logprob if logprob >= LOGPROB_FLOOR else LOGPROB_FLOOR  # NaN too
-    return {"token": token, "logprob": value, "bytes": list(token.encode("utf-8"))}
+    return {"token": token, "logprob": floor_logprob(logprob),
+            "bytes": list(token.encode("utf-8"))}
 
 
 def logprobs_json(lps: list[TokenLogprob]) -> dict[str, Any]:

@@ -21,15 +21,14 @@ from app.models.registry import Registry
 from app.protocol.completions import CompletionRequest
 from app.protocol.errors import APIError
 from app.protocol.sse import SSE_DONE, SSE_HEADERS, sse_comment, sse_data
-from app.serving.chat_output import LOGPROB_FLOOR, usage_json
+from app.serving.chat_output import floor_logprob, usage_json
 from app.serving.generation import (
-    StreamEvent,
+    MergedStreams,
     abort_unfinished,
     admit,
     chat_model,
     collect,
     max_new_tokens,
-    pump,
     sampling_params,
     with_seed,
 )
@@ -126,9 +125,7 @@ class CompletionService:
 
     async def stream(self, prep: PreparedCompletion,
                      streams: list[RequestStream]) -> AsyncIterator[bytes]:
-        merged: asyncio.Queue[tuple[int, StreamEvent]] = asyncio.Queue()
-        pumps = [asyncio.create_task(pump(i, s, merged, self.settings.keepalive_seconds))
-                 for i, s in enumerate(streams)]
+        events = MergedStreams(streams, self.settings.keepalive_seconds)
         usage = Usage(0, 0)
         include_usage = bool(prep.body.stream_options and prep.body.stream_options.include_usage)
         offsets = [len(e) for e in prep.echoes]
@@ -136,9 +133,8 @@ class CompletionService:
             for i, echo in enumerate(prep.echoes):
                 if echo:
                     yield self._chunk(prep, self._choice(prep, i, echo, [], None))
-            open_streams = len(streams)
-            while open_streams:
-                i, event = await merged.get()
+            while events.open:
+                i, event = await events.next()
                 if event is None:
                     yield sse_comment()
                 elif isinstance(event, Delta):
@@ -147,7 +143,6 @@ class CompletionService:
                                                              event.logprobs, None, offsets[i]))
                         offsets[i] += len(event.text)
                 elif isinstance(event, Finished):
-                    open_streams -= 1
                     _add_usage(usage, event.usage, i, prep.body.n)
                     yield self._chunk(prep, self._choice(prep, i, "", [], event.reason))
                 elif isinstance(event, Failed):
@@ -159,8 +154,7 @@ class CompletionService:
                                 "choices": [], "usage": usage_json(usage)})
             yield SSE_DONE
         finally:
-            for t in pumps:
-                t.cancel()
+            events.close()
             abort_unfinished(self.engine, prep.requests, streams)
 
     def _choice(self, prep: PreparedCompletion, index: int, text: str, lps: list[TokenLogprob],
@@ -181,10 +175,6 @@ def _add_usage(total: Usage, one: Usage, index: int, n: int) -> None:
     total.completion_tokens += one.completion_tokens
 
 
-def _floor(value: float) -> float:
-    return value if value >= LOGPROB_FLOOR else LOGPROB_FLOOR
-
-
 def _logprobs_json(lps: list[TokenLogprob], offset: int) -> dict[str, Any]:
     """The legacy shape: parallel lists, alternatives as {token: logprob} maps."""
     offsets = []
@@ -192,6 +182,6 @@ def _logprobs_json(lps: list[TokenLogprob], offset: int) -> dict[str, Any]:
         offsets.append(offset)
         offset += len(lp.token)
     return {"tokens": [lp.token for lp in lps],
-            "token_logprobs": [_floor(lp.logprob) for lp in lps],
-            "top_logprobs": [{t: _floor(v) for t, v in lp.top} for lp in lps],
+            "token_logprobs": [floor_logprob(lp.logprob) for lp in lps],
+            "top_logprobs": [{t: floor_logprob(v) for t, v in lp.top} for lp in lps],
             "text_offset": offsets}

@@ -1,5 +1,5 @@
 """What chat and legacy completions share between a route and the engine: sampling
-parameters from a request, admission, collecting or pumping a stream, aborting."""
+parameters from a request, admission, collecting or merging streams, aborting."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ _reported: set[str] = set()
 SAMPLING_DEFAULTS = {"temperature": 1.0, "top_p": 1.0, "top_k": 0, "min_p": 0.0,
                      "repetition_penalty": 1.0}
 StreamEvent = Delta | Finished | Failed | None
-"""What a pump forwards: an event, or None when a keepalive is due."""
+"""A choice's event, or None when a keepalive is due."""
 
 
 async def chat_model(engine: Engine, registry: Registry, name: str | None) -> ChatModelHandle:
@@ -143,12 +143,30 @@ async def collect(stream: RequestStream) -> tuple[str, list[TokenLogprob], Finis
     raise APIError(500, "generation ended without a result")
 
 
-async def pump(index: int, stream: RequestStream,
-               out: asyncio.Queue[tuple[int, StreamEvent]], keepalive: float) -> None:
-    """Forward one choice's events into a queue shared by all choices of a request."""
-    while True:
-        event = await stream.get(timeout=keepalive)
-        assert not isinstance(event, Admitted)
-        await out.put((index, event))  # type: ignore[arg-type]
+class MergedStreams:
+    """The events of a request's choices in arrival order, None where a keepalive is due;
+    `open` counts the choices not yet finished. Call `close()` when done with it."""
+
+    def __init__(self, streams: Sequence[RequestStream], keepalive: float) -> None:
+        self._queue: asyncio.Queue[tuple[int, StreamEvent]] = asyncio.Queue()
+        self._pumps = [asyncio.create_task(self._pump(i, s, keepalive))
+                       for i, s in enumerate(streams)]
+        self.open = len(streams)
+
+    async def next(self) -> tuple[int, StreamEvent]:
+        index, event = await self._queue.get()
         if isinstance(event, (Finished, Failed)):
-            return
+            self.open -= 1
+        return index, event
+
+    def close(self) -> None:
+        for task in self._pumps:
+            task.cancel()
+
+    async def _pump(self, index: int, stream: RequestStream, keepalive: float) -> None:
+        while True:
+            event = await stream.get(timeout=keepalive)
+            assert not isinstance(event, Admitted)
+            await self._queue.put((index, event))  # type: ignore[arg-type]
+            if isinstance(event, (Finished, Failed)):
+                return

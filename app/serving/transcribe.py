@@ -22,7 +22,7 @@ from app.engine.engine import Engine
 from app.engine.models import TranscriptionModelHandle
 from app.engine.request import Admitted, Failed, TranscriptDone, TranscriptSegments
 from app.engine.stream import RequestStream
-from app.models.registry import Registry, SourceUnavailable, source_available
+from app.models.registry import Registry, SourceUnavailable
 from app.models.whisper.transcribe import TranscriptionJob
 from app.protocol.errors import APIError, model_not_found
 from app.protocol.sse import SSE_HEADERS, sse_data
@@ -115,9 +115,9 @@ class TranscriptionService:
         """A multilingual model for a translation that named no particular model (none, or
         the generic `whisper-1` every OpenAI client sends); else the English-only one's 400."""
         if asked is None or asked in GENERIC_NAMES:
-            for spec in self.registry.listed():
-                if spec.kind == "transcription" and spec.id != english_only.spec.id and \
-                        source_available(spec):
+            # listed() checks files (and once the Hub): off the event loop
+            for spec in await run_in_threadpool(self.registry.listed):
+                if spec.kind == "transcription" and spec.id != english_only.spec.id:
                     other = await self.engine.transcription_model(spec)
                     if other.is_multilingual:
                         return other

@@ -55,6 +55,8 @@ class TokenGrammar:
         self.eos_ids = sorted(set(eos_ids))
         self.tokenizer = llguidance.LLTokenizer(tokenizer_json, eos_token=self.eos_ids)
         self.vocab_size = int(self.tokenizer.vocab_size)
+        self.mask_words = -(-self.vocab_size // BITS)
+        """int32 words of one token mask."""
         # How much one token can lengthen a document's closing text, at most (JsonCursor):
         # each structural byte a few characters, anything else only a literal's letters.
         structure = np.array([sum(map(STRUCTURAL_BYTES.__contains__,
@@ -96,7 +98,6 @@ class Constraint:
                  budget: int | None = None) -> None:
         self._matcher = matcher
         self._grammar = grammar
-        self._words = np.zeros((grammar.vocab_size + BITS - 1) // BITS, dtype=np.int32)
         self._budget = budget
         self._consumed = 0
         # Only a pure JSON grammar under a budget needs to know where its document stands.
@@ -108,16 +109,11 @@ class Constraint:
         before any token is consumed."""
         return Constraint(self._matcher.deep_copy(), self._grammar, self._budget)
 
-    @property
-    def failed(self) -> str | None:
-        """Why the matcher stopped accepting tokens, if it did (a rejected token)."""
-        return self._matcher.get_error() if self._matcher.is_error() else None
-
     def fill(self, words: np.ndarray) -> None:
         """Write the next token's mask into `words` (int32 bit words, zeros beyond the
         tokenizer's vocabulary: padding rows of the embedding are never allowed). After
         an error only the end tokens are allowed, so the generation stops."""
-        n = self._words.size
+        n = self._grammar.mask_words
         if self._matcher.is_error():
             allowed = np.zeros(n * BITS, dtype=bool)
             allowed[self._grammar.eos_ids] = True
@@ -126,7 +122,7 @@ class Constraint:
         row = words[:n]
         assert row.flags.c_contiguous
         self._matcher.unsafe_compute_mask_ptr(row.ctypes.data, row.nbytes)
-        if self._budget is None or self._cursor is None:
+        if self._budget is None or self._cursor is None:  # both or neither: not budgeted
             return
         slack = self._budget - self._consumed - 2 - len(self._cursor.closing())
         if slack >= CLOSING_WINDOW:
@@ -144,13 +140,6 @@ class Constraint:
         ids = self._grammar.by_growth[:count]
         bits = np.left_shift(np.uint32(1), (ids % BITS).astype(np.uint32))
         np.bitwise_and.at(row.view(np.uint32), ids // BITS, ~bits)
-
-    def allowed(self, vocab: int) -> np.ndarray:
-        """bool[vocab]: the tokens that may come next (one row; `fill` for batches)."""
-        words = np.zeros(max(self._words.size, -(-vocab // BITS)), dtype=np.int32)
-        self.fill(words)
-        bits = np.unpackbits(words.view(np.uint8), bitorder="little")
-        return bits[:vocab].astype(bool)
 
     def _keep_closable(self, allowed: np.ndarray) -> None:
         """Near the end of the budget, keep the document closable: drop tokens that could
