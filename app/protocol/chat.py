@@ -87,6 +87,8 @@ class FunctionSpec(BaseModel):
     parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object"})
     """JSON Schema of the arguments object."""
     strict: bool | None = None
+    """Enforced where the call is forced (tool_choice required or named); with "auto" the
+    arguments are parsed, not constrained (README, "Tool calls and reasoning")."""
 
 
 class Tool(BaseModel):
