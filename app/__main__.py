@@ -16,7 +16,8 @@ def parse_args(argv: list[str] | None = None) -> dict[str, object]:
     p.add_argument("--models", type=Path, help="path of models.yaml")
     p.add_argument("--model", action="append", metavar="PATH_OR_REPO",
                    help="serve this chat model too (GGUF file, HF folder or Hub repo id; "
-                        "repeatable; the first is the default)")
+                        "repeatable; the first chat one is the default; a BERT-family "
+                        "folder serves embeddings)")
     p.add_argument("--list-models", action="store_true",
                    help="print the configured models and whether each is available, then exit")
     p.add_argument("--default-model", help="chat model loaded at start-up")
@@ -62,7 +63,8 @@ def print_models(settings: Settings) -> None:
 
     registry = Registry.from_yaml(settings.models, settings.default_model,
                                   settings.default_transcription_model, settings.model)
-    defaults = {registry.default_chat, registry.default_transcription}
+    defaults = {registry.default_chat, registry.default_transcription,
+                registry.default_embedding}
     for spec in registry.specs:
         state = "available" if source_available(spec) else "not available here"
         mark = " (default)" if spec.id in defaults else ""

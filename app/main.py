@@ -10,13 +10,14 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from app.accel.process import describe_runtime, prepare_process
-from app.api import audio, cache, chat, completions, models
+from app.api import audio, cache, chat, completions, embeddings, models
 from app.api.errors import install_error_handlers
 from app.api.request_id import RequestIdMiddleware
 from app.engine.engine import Engine
 from app.models.registry import Registry
 from app.serving.chat import ChatService
 from app.serving.completions import CompletionService
+from app.serving.embeddings import EmbeddingService
 from app.serving.transcribe import TranscriptionService
 from app.settings import Settings
 
@@ -51,6 +52,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.chat = ChatService(engine, registry, settings)
         app.state.completions = CompletionService(engine, registry, settings)
         app.state.transcribe = TranscriptionService(engine, registry, settings)
+        app.state.embeddings = EmbeddingService(engine, registry)
         app.state.load_error = None
         loader = asyncio.create_task(_eager_load(app)) if settings.eager_load else None
         try:
@@ -67,6 +69,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestIdMiddleware)
     app.include_router(chat.router)
     app.include_router(completions.router)
+    app.include_router(embeddings.router)
     app.include_router(models.router)
     app.include_router(cache.router)
     app.include_router(audio.router)

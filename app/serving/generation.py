@@ -21,7 +21,7 @@ from app.engine.request import (
     TokenLogprob,
 )
 from app.engine.stream import RequestStream
-from app.models.registry import Registry, SourceUnavailable
+from app.models.registry import ModelSpec, Registry, SourceUnavailable
 from app.protocol.errors import APIError, model_not_found
 from app.protocol.sampling import GenerationFields
 from app.serving.reply import failure_error
@@ -34,16 +34,24 @@ StreamEvent = Delta | Finished | Failed | None
 """A choice's event, or None when a keepalive is due."""
 
 
-async def chat_model(engine: Engine, registry: Registry, name: str | None) -> ChatModelHandle:
-    """The loaded chat model a request names (None: the default), or the 4xx that says why
-    not: unknown, not a chat model, or declared but not loadable here."""
-    name = name or registry.default_chat
+def model_spec(registry: Registry, name: str | None, default: str | None,
+               kind: str) -> ModelSpec:
+    """The declared model a request names (None: `default`), or the 4xx that says why
+    not: unknown, or not of `kind`."""
+    name = name or default
     spec = registry.get(name) if name else None
     if spec is None:
         raise model_not_found(name or "")
-    if spec.kind != "chat":
-        raise APIError(400, f"model {spec.id!r} is a {spec.kind} model, not a chat model",
+    if spec.kind != kind:
+        raise APIError(400, f"model {spec.id!r} is a {spec.kind} model, not a {kind} model",
                        param="model", code="model_not_supported")
+    return spec
+
+
+async def chat_model(engine: Engine, registry: Registry, name: str | None) -> ChatModelHandle:
+    """The loaded chat model a request names (None: the default), or the 4xx that says why
+    not: unknown, not a chat model, or declared but not loadable here."""
+    spec = model_spec(registry, name, registry.default_chat, "chat")
     try:
         return await engine.chat_model(spec)
     except SourceUnavailable as exc:

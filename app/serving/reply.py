@@ -19,8 +19,8 @@ JSON_MEDIA = "application/json"
 
 @dataclass(slots=True)
 class Complete:
-    body: dict[str, Any] | str
-    """A JSON document, or text already rendered in `media_type`."""
+    body: dict[str, Any] | str | bytes
+    """A JSON document, or a body already rendered in `media_type`."""
     media_type: str = JSON_MEDIA
     headers: dict[str, str] = field(default_factory=dict)
 

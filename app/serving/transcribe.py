@@ -24,10 +24,10 @@ from app.engine.request import Admitted, Failed, TranscriptDone, TranscriptSegme
 from app.engine.stream import RequestStream
 from app.models.registry import Registry, SourceUnavailable
 from app.models.whisper.transcribe import TranscriptionJob
-from app.protocol.errors import APIError, model_not_found
+from app.protocol.errors import APIError
 from app.protocol.sse import SSE_HEADERS, sse_data
 from app.protocol.transcription import TranscriptionParams
-from app.serving.generation import unavailable
+from app.serving.generation import model_spec, unavailable
 from app.serving.reply import Complete, Guard, Reply, Streamed, failure_error, failure_event
 from app.settings import Settings
 
@@ -80,13 +80,8 @@ class TranscriptionService:
                            param="timestamp_granularities[]")
         if p.temperature is not None and not 0.0 <= p.temperature <= 1.0:
             raise APIError(400, "temperature must be between 0 and 1", param="temperature")
-        name = p.model or self.registry.default_transcription
-        spec = self.registry.get(name) if name else None
-        if spec is None:
-            raise model_not_found(name or "")
-        if spec.kind != "transcription":
-            raise APIError(400, f"model {spec.id!r} is a {spec.kind} model, not a "
-                           "transcription model", param="model", code="model_not_supported")
+        spec = model_spec(self.registry, p.model, self.registry.default_transcription,
+                          "transcription")
         if not audio:
             raise APIError(400, "the uploaded file is empty", param="file")
         try:
