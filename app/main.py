@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from app.accel.process import describe_runtime, prepare_process
-from app.api import audio, cache, chat, completions, embeddings, models
+from app.api import audio, cache, chat, completions, embeddings, models, responses
 from app.api.errors import install_error_handlers
 from app.api.request_id import RequestIdMiddleware
 from app.engine.engine import Engine
@@ -18,6 +18,8 @@ from app.models.registry import Registry
 from app.serving.chat import ChatService
 from app.serving.completions import CompletionService
 from app.serving.embeddings import EmbeddingService
+from app.serving.response_store import ResponseStore
+from app.serving.responses import ResponsesService
 from app.serving.transcribe import TranscriptionService
 from app.settings import Settings
 
@@ -53,6 +55,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.completions = CompletionService(engine, registry, settings)
         app.state.transcribe = TranscriptionService(engine, registry, settings)
         app.state.embeddings = EmbeddingService(engine, registry)
+        stored = settings.kv_dir / "responses" if settings.kv_dir is not None else None
+        app.state.responses = ResponsesService(app.state.chat, ResponseStore(stored))
         app.state.load_error = None
         loader = asyncio.create_task(_eager_load(app)) if settings.eager_load else None
         try:
@@ -70,6 +74,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(chat.router)
     app.include_router(completions.router)
     app.include_router(embeddings.router)
+    app.include_router(responses.router)
     app.include_router(models.router)
     app.include_router(cache.router)
     app.include_router(audio.router)

