@@ -33,6 +33,15 @@ def parse_args(argv: list[str] | None = None) -> dict[str, object]:
                    const=False, help="use mlx-lm's own attention/SwiGLU on the CPU")
     p.add_argument("--hf-offline", action="store_const", const=True,
                    help="never contact the Hugging Face Hub")
+    p.add_argument("--api-key", dest="api_keys", action="append", metavar="KEY",
+                   help="require `Authorization: Bearer KEY` on /v1 and /metrics "
+                        "(repeatable; each key's caches are its own)")
+    p.add_argument("--cors-origin", dest="cors_origins", action="append", metavar="ORIGIN",
+                   help="let browser pages of this origin call the API (repeatable; * = any)")
+    p.add_argument("--allowed-host", dest="allowed_hosts", action="append", metavar="HOST",
+                   help="accept this Host header too (repeatable; * = any)")
+    p.add_argument("--drain-seconds", type=float,
+                   help="on SIGTERM, how long in-flight requests may finish (default 15)")
     p.add_argument("--log-level", help="debug, info, warning, ...")
     args = vars(p.parse_args(argv))
     return {k: v for k, v in args.items() if v is not None}
@@ -50,12 +59,9 @@ def main(argv: list[str] | None = None) -> None:
     from app.accel.process import prepare_process
 
     prepare_process()  # OpenBLAS and process tuning must precede the first mlx import
-    import uvicorn
+    from app.server.run import serve
 
-    from app.main import create_app
-
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
-                log_level=settings.log_level.lower(), timeout_graceful_shutdown=10)
+    serve(settings)
 
 
 def print_models(settings: Settings) -> None:

@@ -8,14 +8,16 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
 
 from app.accel.process import describe_runtime, prepare_process
 from app.api import audio, cache, chat, completions, embeddings, models, responses
 from app.api.errors import install_error_handlers
 from app.api.request_id import RequestIdMiddleware
+from app.api.security import AccessMiddleware
 from app.engine.engine import Engine
 from app.models.registry import Registry
-from app.serving.chat import ChatService
+from app.serving.chat import CACHE_HEADER, ChatService
 from app.serving.completions import CompletionService
 from app.serving.embeddings import EmbeddingService
 from app.serving.response_store import ResponseStore
@@ -70,6 +72,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.registry = registry
     install_error_handlers(app)
+    # Starlette runs the last one added first: request ids on every answer, CORS headers
+    # (and preflights) before the access checks, which refuse before any route runs.
+    app.add_middleware(AccessMiddleware, settings=settings)
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
+                           allow_methods=["*"], allow_headers=["*"],
+                           expose_headers=["x-request-id", CACHE_HEADER])
     app.add_middleware(RequestIdMiddleware)
     app.include_router(chat.router)
     app.include_router(completions.router)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# A list setting from the environment is comma-separated ("a,b"), not JSON.
+CommaList = Annotated[list[str], NoDecode]
 
 
 class Settings(BaseSettings):
@@ -51,9 +54,44 @@ class Settings(BaseSettings):
     """Directory for spilled/persisted session caches; None = no persistence."""
     max_audio_bytes: int = 25 * 1024 * 1024
     """Largest accepted audio upload in bytes (413 above it)."""
+    max_audio_seconds: float = 2 * 3600
+    """Longest accepted audio in seconds, declared or decoded (400 above it): bounds the
+    decoded samples' memory (~64 KB a second, ~1 GB at the default with the spectrogram)."""
+    max_transcribe_window_seconds: float | None = 15.0
+    """Engine seconds one 30 s window may take, temperature retries included; past it the
+    window keeps its best text so far (looping noise stops here). None = no limit."""
     model_idle_ttl_seconds: float | None = None
     """Unload a non-default model after this many idle seconds; None = keep loaded."""
     log_level: str = "info"
     """Python logging level name."""
     hf_offline: bool = Field(default=False)
     """Never reach the Hugging Face Hub; only models already in the local cache load."""
+
+    # -- access and limits (app/api/security.py, app/server/) ------------------------
+    api_keys: CommaList = []
+    """Accepted API keys (`Authorization: Bearer <key>` on /v1 and /metrics); each key is a
+    tenant with caches of its own. Empty = no authentication (fine on loopback only)."""
+    cors_origins: CommaList = []
+    """Origins a browser page may call the API from (`*` = any). Empty = none: cross-site
+    requests are refused."""
+    allowed_hosts: CommaList = []
+    """Host header values accepted besides localhost/127.0.0.1/[::1] when bound to
+    loopback (DNS-rebinding guard); `*` turns the check off."""
+    header_timeout_seconds: float = 10.0
+    """A connection must finish sending a request's headers within this time."""
+    body_timeout_seconds: float = 120.0
+    """A request's body must arrive within this time after its headers."""
+    max_connections: int = 1024
+    """Open connections beyond this get 503 + Retry-After and are closed."""
+    max_queued_requests: int = 256
+    """Generation requests waiting for a decode slot beyond this get 503 + Retry-After."""
+    drain_seconds: float = 15.0
+    """On SIGTERM/SIGINT: how long in-flight requests may still run before their streams
+    end with an error event."""
+
+    @field_validator("api_keys", "cors_origins", "allowed_hosts", mode="before")
+    @classmethod
+    def _split_commas(cls, v: object) -> object:
+        if isinstance(v, str):
+            return [part.strip() for part in v.split(",") if part.strip()]
+        return v

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from app.api.deps import guard, respond
+from app.api.deps import cache_scope, guard, respond
 from app.protocol.chat import ChatCompletionRequest
 from app.serving.chat import ChatService
 
@@ -17,4 +17,4 @@ SESSION_HEADER = "x-session-id"
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
     service: ChatService = request.app.state.chat
     session = request.headers.get(SESSION_HEADER)
-    return respond(await service.handle(body, session, guard(request)))
+    return respond(await service.handle(body, session, guard(request), cache_scope(request)))

@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from app.protocol.errors import APIError
 from app.serving.reply import Complete, Guard, Reply
+from app.serving.tenancy import CacheScope
 
 T = TypeVar("T")
 # Starlette's status for "client closed request" has no name; nginx uses 499.
@@ -56,6 +57,11 @@ class _DisconnectGuard:
 def guard(request: Request) -> Guard:
     """The serving layer's Guard for this request's connection."""
     return _DisconnectGuard(request)
+
+
+def cache_scope(request: Request) -> CacheScope:
+    """The caller's tenant (set by app/api/security.py when API keys are on)."""
+    return CacheScope(getattr(request.state, "tenant", None))
 
 
 def respond(reply: Reply) -> Response:

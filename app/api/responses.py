@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from app.api.deps import guard, respond
+from app.api.deps import cache_scope, guard, respond
 from app.protocol.responses import ResponsesRequest
 from app.serving.responses import ResponsesService
 
@@ -22,19 +22,20 @@ def _service(request: Request) -> ResponsesService:
 
 @router.post("/v1/responses", response_model=None)
 async def create(body: ResponsesRequest, request: Request) -> Response:
-    return respond(await _service(request).handle(body, guard(request)))
+    return respond(await _service(request).handle(body, guard(request),
+                                                  cache_scope(request)))
 
 
 @router.get("/v1/responses/{response_id}")
 async def retrieve(response_id: str, request: Request) -> dict[str, Any]:
-    return await _service(request).get(response_id)
+    return await _service(request).get(response_id, cache_scope(request))
 
 
 @router.get("/v1/responses/{response_id}/input_items")
 async def input_items(response_id: str, request: Request) -> dict[str, Any]:
-    return await _service(request).input_items(response_id)
+    return await _service(request).input_items(response_id, cache_scope(request))
 
 
 @router.delete("/v1/responses/{response_id}")
 async def delete(response_id: str, request: Request) -> dict[str, Any]:
-    return await _service(request).delete(response_id)
+    return await _service(request).delete(response_id, cache_scope(request))

@@ -23,7 +23,7 @@ import numpy as np
 
 from app.engine.asr import AsrTask
 from app.engine.embed import EmbedTask
-from app.engine.kv_bridge import AdmissionRefused
+from app.engine.kv_bridge import AdmissionRefused, RequestTooLarge
 from app.engine.models import (
     ChatModelHandle,
     EmbeddingModelHandle,
@@ -46,7 +46,7 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 IDLE_WAIT_SECONDS = 0.5  # how long an idle engine blocks on its queue before housekeeping
-RETRY_AFTER_SECONDS = 2  # suggested wait when the KV budget refuses a request
+RETRY_AFTER_SECONDS = 2  # suggested wait when the KV budget or the queue refuses a request
 SHUTDOWN_MESSAGE = "server is shutting down"
 
 
@@ -122,6 +122,11 @@ class Engine:
 
     def abort(self, request_id: int) -> None:
         self._commands.put(lambda: self._abort(request_id))
+
+    def end_all(self, message: str) -> None:
+        """End every request in flight with `message` (the drain timeout of a shutdown);
+        their KV stays in the store. Safe from any thread."""
+        self._commands.put(lambda: self.models.end_requests(message))
 
     async def transcription_model(self, spec: ModelSpec) -> TranscriptionModelHandle:
         handle = self.models.transcription_handle(spec.id)
@@ -221,6 +226,11 @@ class Engine:
         if runner is None:
             stream.put_threadsafe(Failed(f"model {req.model_id!r} is not loaded", status=503))
             return
+        if len(runner.scheduler.waiting) >= self.settings.max_queued_requests:
+            stream.put_threadsafe(Failed(
+                f"too many requests waiting ({self.settings.max_queued_requests}); retry "
+                "shortly", code="queue_full", status=503, retry_after=RETRY_AFTER_SECONDS))
+            return
         tok = runner.loaded.tokenizer
         # MLX does not bounds-check gathers on the CPU: a bad id would crash the process.
         if not req.prompt_tokens or min(req.prompt_tokens) < 0 or \
@@ -244,6 +254,10 @@ class Engine:
             runner.settle()
             try:
                 runner.kv.admit(seq)
+            except RequestTooLarge as exc:
+                stream.put_threadsafe(Failed(str(exc), type="invalid_request_error",
+                                             code="kv_budget_too_small", status=400))
+                return
             except AdmissionRefused as exc:
                 stream.put_threadsafe(Failed(str(exc), code="kv_budget_exhausted", status=503,
                                              retry_after=RETRY_AFTER_SECONDS))

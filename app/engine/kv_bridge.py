@@ -37,6 +37,10 @@ class AdmissionRefused(Exception):
     """The KV budget cannot hold this request now (503 + Retry-After)."""
 
 
+class RequestTooLarge(Exception):
+    """The KV budget could never hold this request (a 400: waiting will not help)."""
+
+
 class KVBridge:
     def __init__(self, store: KVStore, bytes_per_token: int) -> None:
         self.store = store
@@ -44,13 +48,19 @@ class KVBridge:
 
     def admit(self, seq: Sequence) -> None:
         need = self.bytes_per_token * (len(seq.prompt) + seq.req.max_tokens)
+        if need > self.store.budget_bytes:
+            raise RequestTooLarge(
+                f"this request needs {need / 2**20:.1f} MiB of KV cache ({len(seq.prompt)} "
+                f"prompt tokens + max_tokens {seq.req.max_tokens}), more than the whole "
+                f"budget of {self.store.budget_bytes / 2**20:.1f} MiB: lower max_tokens or "
+                "shorten the prompt")
         if not self.store.reserve(need):
             raise AdmissionRefused(
                 f"KV cache budget exhausted: this request needs {need / 2**20:.1f} MiB, "
                 f"budget {self.store.budget_bytes / 2**20:.1f} MiB "
                 f"({self.store.reserved_bytes / 2**20:.1f} MiB held by running requests)")
         seq.reserved_bytes = need
-        lk = self.store.lookup(seq.prompt, seq.req.session)
+        lk = self.store.lookup(seq.prompt, seq.req.session, seq.req.cache_namespace)
         # At least one prompt token must be computed to get next-token logits.
         n = min(lk.matched, len(seq.prompt) - 1)
         if lk.entry is not None and n > 0:
@@ -84,7 +94,7 @@ class KVBridge:
             return
         tokens = (seq.prompt + seq.generated)[:length]
         layers = snapshot_layers([(c.keys, c.values) for c in cache], length)
-        self.store.put(tokens, layers, seq.req.session)
+        self.store.put(tokens, layers, seq.req.session, seq.req.cache_namespace)
 
 
 def describe(lk: Lookup, used: int) -> str:

@@ -242,12 +242,17 @@ class ModelManager:
                 del self._embedders[mid]  # queued tasks hold their own reference
                 logger.info("unloaded embedding model %s after %.0fs idle", mid, ttl)
 
-    def shutdown(self, message: str) -> None:
-        """End every request with `message` and write named KV sessions to disk."""
+    def end_requests(self, message: str) -> None:
+        """End every request in flight with `message` (KV kept in the stores)."""
         self.asr.abort_all(message)
         self.embed.abort_all(ModelsShutDown(message))
         for runner in self.runners.values():
             runner.abort_all(message)
+
+    def shutdown(self, message: str) -> None:
+        """End every request with `message` and write named KV sessions to disk."""
+        self.end_requests(message)
+        for runner in self.runners.values():
             if runner.kv is not None:
                 written = runner.kv.store.persist_all()
                 if written:

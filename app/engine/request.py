@@ -63,6 +63,9 @@ class GenerationRequest:
     """prompt_cache_key or X-Session-ID: a named resident KV cache."""
     constraint: TokenConstraint | None = None
     """Constrained decoding (structured output): only tokens it allows are sampled."""
+    cache_namespace: str = ""
+    """Prefix reuse happens only between requests of one namespace (the tenant's API key,
+    a client's cache_salt); "" is the shared one."""
     id: int = field(default_factory=next_request_id)
 
 

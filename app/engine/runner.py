@@ -335,10 +335,24 @@ class ChatRunner:
         return text
 
     def abort_all(self, message: str) -> None:
+        """End every request with `message` (the server is stopping). Each one's KV goes
+        to the store as on a client's abort, so a named session in flight is persisted
+        with what was computed."""
+        try:
+            self.flush()
+        except Exception:
+            logger.exception("collecting the last decode step failed")
+            self._inflight = None
+            self.batch_cache = None
         for seq in self._all():
-            seq.finished = True
-            seq.stream.put_threadsafe(Failed(message, code="shutdown", status=503))
-            self._release(seq, None)
+            if not seq.finished:
+                seq.finished = True
+                seq.stream.put_threadsafe(Failed(message, code="shutdown", status=503))
+            seq.aborted = True
+        try:
+            self._reap_aborted()
+        except Exception:  # losing caches is fine; a shutdown that hangs is not
+            logger.exception("keeping the KV of ended requests failed")
         self.scheduler.waiting.clear()
         self.scheduler.running.clear()
         self.batch_cache = None

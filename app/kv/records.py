@@ -24,6 +24,8 @@ class KVEntry:
     """Running requests using this entry; pinned entries are never evicted."""
     persisted: bool = False
     """The session's disk file holds exactly this entry (a spill needs no write)."""
+    namespace: str = ""
+    """Only lookups of this namespace find the entry as a prefix (tenant isolation)."""
 
 
 @dataclass(slots=True)

@@ -44,7 +44,8 @@ class KVStore:
         self.fingerprint = fingerprint
         self.persist_dir = persist_dir
         self._entries: dict[int, KVEntry] = {}
-        self._radix = RadixTree()
+        # One prefix tree per cache namespace: a tenant's prompts never match another's.
+        self._radix: dict[str, RadixTree] = {}
         # Two LRU lists (oldest first) so eviction drains anonymous before named.
         self._lru_anon: OrderedDict[int, None] = OrderedDict()
         self._lru_named: OrderedDict[int, None] = OrderedDict()
@@ -81,13 +82,16 @@ class KVStore:
             disk_sessions=len(self._disk.headers),
         )
 
-    def lookup(self, tokens: Sequence[int], session: str | None = None) -> Lookup:
-        """Best cached KV for `tokens`: the session's own entry, else the longest prefix."""
+    def lookup(self, tokens: Sequence[int], session: str | None = None,
+               namespace: str = "") -> Lookup:
+        """Best cached KV for `tokens`: the session's own entry, else the longest prefix
+        among the entries of `namespace`."""
         query = tuple(tokens)
         self._stats.lookups += 1
-        own, own_reason = self._session_entry(session) if session is not None else (None, None)
+        own, own_reason = (self._session_entry(session, namespace) if session is not None
+                           else (None, None))
         own_matched = common_prefix_len(own.tokens, query) if own is not None else 0
-        best_id, best_matched = self._radix.longest_match(query)
+        best_id, best_matched = self._tree(namespace).longest_match(query)
 
         entry: KVEntry | None = None
         matched, source = 0, None
@@ -136,7 +140,8 @@ class KVStore:
 
     # -- updates -----------------------------------------------------------------
 
-    def put(self, tokens: Sequence[int], layers: Layers, session: str | None = None) -> bool:
+    def put(self, tokens: Sequence[int], layers: Layers, session: str | None = None,
+            namespace: str = "") -> bool:
         """Keep the KV of `tokens` (prompt + completion). True if it is now resident.
 
         Call release() for the request's reservation first, so its bytes count here.
@@ -155,8 +160,9 @@ class KVStore:
             self._stats.rejected += 1
             logger.info("KV entry of %d bytes exceeds the whole budget; not stored", nbytes)
             return False
+        tree = self._tree(namespace)
         if session is None:
-            covering, matched = self._radix.longest_match(seq)
+            covering, matched = tree.longest_match(seq)
             if covering is not None and matched == len(seq):
                 self._touch(self._entries[covering])  # already cached inside a longer one
                 return True
@@ -166,7 +172,7 @@ class KVStore:
                 self._remove(self._entries[old])
                 self._stats.superseded += 1
             self._disk.forget_evicted(session)
-        for eid in self._radix.prefixes_of(seq):
+        for eid in tree.prefixes_of(seq):
             prefix = self._entries[eid]
             if prefix.session is None:  # other sessions' entries are theirs to keep
                 self._remove(prefix)
@@ -180,7 +186,7 @@ class KVStore:
                 self._disk.remember_evicted(session)
             logger.info("no room for a %d-byte KV entry (pinned/reserved)", nbytes)
             return False
-        self._add(seq, layers, nbytes, session)
+        self._add(seq, layers, nbytes, session, namespace)
         return True
 
     def reserve(self, nbytes: int) -> bool:
@@ -230,7 +236,7 @@ class KVStore:
 
     # -- internals ---------------------------------------------------------------
 
-    def _session_entry(self, session: str) -> tuple[KVEntry | None, str | None]:
+    def _session_entry(self, session: str, namespace: str) -> tuple[KVEntry | None, str | None]:
         eid = self._by_session.get(session)
         if eid is not None:
             return self._entries[eid], None
@@ -239,13 +245,14 @@ class KVStore:
             if header.fingerprint != self.fingerprint:
                 self._stats.other_model += 1
                 return None, REASON_OTHER_MODEL
-            restored = self._restore(session, header)
+            restored = self._restore(session, header, namespace)
             return (restored, None) if restored is not None else (None, REASON_EVICTED)
         if self._disk.was_evicted(session):
             return None, REASON_EVICTED
         return None, None
 
-    def _restore(self, session: str, header: persist.DiskHeader) -> KVEntry | None:
+    def _restore(self, session: str, header: persist.DiskHeader,
+                 namespace: str) -> KVEntry | None:
         # Make room before reading, so the load never pushes memory past the budget.
         if header.nbytes > self.budget_bytes or not self._make_room(header.nbytes):
             logger.info("no room to restore session %r (%d bytes)", session, header.nbytes)
@@ -256,17 +263,24 @@ class KVStore:
         nbytes = kv_nbytes(loaded.layers)
         if not self._make_room(nbytes):  # header lied about size: stay within budget
             return None
-        entry = self._add(loaded.tokens, loaded.layers, nbytes, session)
+        entry = self._add(loaded.tokens, loaded.layers, nbytes, session, namespace)
         entry.persisted = True
         self._stats.restores += 1
         return entry
 
+    def _tree(self, namespace: str) -> RadixTree:
+        tree = self._radix.get(namespace)
+        if tree is None:
+            tree = self._radix[namespace] = RadixTree()
+        return tree
+
     def _add(self, tokens: tuple[int, ...], layers: Layers, nbytes: int,
-             session: str | None) -> KVEntry:
-        entry = KVEntry(self._next_id, tokens, layers, nbytes, session, time.time())
+             session: str | None, namespace: str = "") -> KVEntry:
+        entry = KVEntry(self._next_id, tokens, layers, nbytes, session, time.time(),
+                        namespace=namespace)
         self._next_id += 1
         self._entries[entry.id] = entry
-        self._radix.insert(tokens, entry.id)
+        self._tree(namespace).insert(tokens, entry.id)
         self._lru(entry)[entry.id] = None
         if session is not None:
             self._by_session[session] = entry.id
@@ -277,7 +291,10 @@ class KVStore:
         # A pinned entry may be removed (superseded/deleted): its request holds the
         # arrays itself, and unpin() on a removed entry is harmless.
         del self._entries[entry.id]
-        self._radix.remove(entry.id)
+        tree = self._radix[entry.namespace]
+        tree.remove(entry.id)
+        if not len(tree) and entry.namespace:
+            del self._radix[entry.namespace]  # tenants come and go: no empty trees left
         self._lru(entry).pop(entry.id, None)
         if entry.session is not None and self._by_session.get(entry.session) == entry.id:
             del self._by_session[entry.session]

@@ -38,6 +38,9 @@ class GenerationFields(BaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
+    cache_salt: str | None = Field(default=None, min_length=1, max_length=256)
+    """vLLM's extension: the prompt's KV prefix is reused only by requests that send the
+    same salt (and, with API keys on, the same key)."""
 
     @field_validator("stop")
     @classmethod

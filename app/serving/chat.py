@@ -46,6 +46,7 @@ from app.serving.generation import (
 )
 from app.serving.reply import Complete, Guard, Reply, Streamed, failure_event
 from app.serving.structured import StructuredOutput
+from app.serving.tenancy import SHARED, CacheScope
 from app.serving.tools import ToolPlan
 from app.serving.tools import plan as tool_plan
 from app.settings import Settings
@@ -91,16 +92,19 @@ class ChatService:
         self.structured = StructuredOutput()
 
     async def handle(self, body: ChatCompletionRequest, session: str | None,
-                     guard: Guard) -> Reply:
+                     guard: Guard, scope: CacheScope = SHARED) -> Reply:
         """A whole request: prepare, admission under `guard`, then the reply."""
-        prepared = await self.prepare(body, session)
+        prepared = await self.prepare(body, session, scope)
         streams = await guard(self.start(prepared))
         headers = {CACHE_HEADER: prepared.cache_info} if prepared.cache_info else {}
         if body.stream:
             return Streamed(self.stream(prepared, streams), {**SSE_HEADERS, **headers})
         return Complete(await guard(self.complete(prepared, streams)), headers=headers)
 
-    async def prepare(self, body: ChatCompletionRequest, session: str | None) -> PreparedChat:
+    async def prepare(self, body: ChatCompletionRequest, session: str | None,
+                      scope: CacheScope = SHARED) -> PreparedChat:
+        """`session` is the client's own name for its KV session; `scope` says whose
+        caches the request may use (its tenant and cache_salt)."""
         handle = await chat_model(self.engine, self.registry, body.model)
         spec = handle.spec
         tools = tool_plan(body, handle.tokenizer.chat_template)
@@ -109,14 +113,16 @@ class ChatService:
                                     handle, self.settings.default_max_tokens, "messages")
         sampling = sampling_params(body, handle, logprobs=body.logprobs,
                                    top_logprobs=body.top_logprobs or 0)
-        key = body.prompt_cache_key or session
+        key = scope.key(body.prompt_cache_key or session)
+        namespace = scope.salted(body.cache_salt).namespace
         constraints = await self.structured.constraints(body, handle, max_tokens,
                                                         tools.syntax, tools.forced_grammar)
         reqs = []
         for i in range(body.n):
             params = sampling if i == 0 else with_seed(sampling, i)
             reqs.append(GenerationRequest(spec.id, prompt, max_tokens, params,
-                                          body.stop_list(), key, constraints[i]))
+                                          body.stop_list(), key, constraints[i],
+                                          cache_namespace=namespace))
         reasoning = THINK_OPEN in (handle.tokenizer.chat_template or "")
         return PreparedChat(body, handle, reqs, f"chatcmpl-{uuid.uuid4().hex}", int(time.time()),
                             tools=tools, reasoning=reasoning, thinking=reasoning and thinking)
@@ -190,6 +196,7 @@ class ChatService:
                 elif isinstance(event, Failed):
                     # Headers are gone: report in-band, OpenAI style, and end the stream.
                     yield sse_data(failure_event(event))
+                    yield SSE_DONE  # the stream is over: clients waiting for it stop
                     return
             if include_usage:
                 yield sse_data({"id": prep.id, "object": "chat.completion.chunk",

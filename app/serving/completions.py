@@ -33,6 +33,7 @@ from app.serving.generation import (
     with_seed,
 )
 from app.serving.reply import Complete, Guard, Reply, Streamed, failure_event
+from app.serving.tenancy import SHARED, CacheScope
 from app.settings import Settings
 
 
@@ -53,14 +54,16 @@ class CompletionService:
         self.registry = registry
         self.settings = settings
 
-    async def handle(self, body: CompletionRequest, guard: Guard) -> Reply:
-        prepared = await self.prepare(body)
+    async def handle(self, body: CompletionRequest, guard: Guard,
+                     scope: CacheScope = SHARED) -> Reply:
+        prepared = await self.prepare(body, scope)
         streams, _ = await guard(admit(self.engine, prepared.requests))
         if body.stream:
             return Streamed(self.stream(prepared, streams), dict(SSE_HEADERS))
         return Complete(await guard(self.complete(prepared, streams)))
 
-    async def prepare(self, body: CompletionRequest) -> PreparedCompletion:
+    async def prepare(self, body: CompletionRequest,
+                      scope: CacheScope = SHARED) -> PreparedCompletion:
         if body.suffix:
             raise APIError(400, "suffix (fill-in-the-middle) is not supported by this server",
                            param="suffix", code="unsupported_parameter")
@@ -78,6 +81,7 @@ class CompletionService:
         top = body.logprobs or 0
         sampling = sampling_params(body, handle, logprobs=body.logprobs is not None,
                                    top_logprobs=top)
+        namespace = scope.salted(body.cache_salt).namespace
         requests, echoes = [], []
         for ids, text in prompts:
             max_tokens = max_new_tokens(body.max_tokens, len(ids), handle,
@@ -85,7 +89,8 @@ class CompletionService:
             for i in range(body.n):
                 params = sampling if i == 0 else with_seed(sampling, i)
                 requests.append(GenerationRequest(spec.id, ids, max_tokens, params,
-                                                  body.stop_list()))
+                                                  body.stop_list(),
+                                                  cache_namespace=namespace))
                 echoes.append(text if body.echo else "")
         return PreparedCompletion(body, handle, requests, echoes, f"cmpl-{uuid.uuid4().hex}",
                                   int(time.time()))
@@ -147,6 +152,7 @@ class CompletionService:
                     yield self._chunk(prep, self._choice(prep, i, "", [], event.reason))
                 elif isinstance(event, Failed):
                     yield sse_data(failure_event(event))
+                    yield SSE_DONE  # the stream is over: clients waiting for it stop
                     return
             if include_usage:
                 yield sse_data({"id": prep.id, "object": "text_completion",

@@ -36,6 +36,8 @@ class StoredResponse:
     """The conversation through this response's reply, as chat messages."""
     input_items: list[dict[str, Any]]
     response: dict[str, Any]
+    tenant: str | None = None
+    """The API key's tenant that created it (None: keys off); only it may read it."""
 
 
 class ResponseStore:

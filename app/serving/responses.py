@@ -46,6 +46,7 @@ from app.serving.response_items import (
     output_items,
 )
 from app.serving.response_store import ResponseStore, StoredResponse
+from app.serving.tenancy import SHARED, CacheScope
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +63,7 @@ class PreparedResponse:
     messages: list[Message]
     """The conversation before this reply (stored with the reply appended)."""
     input_items: list[dict[str, Any]]
+    tenant: str | None = None
 
 
 class ResponsesService:
@@ -69,50 +71,56 @@ class ResponsesService:
         self.chat = chat
         self.store = store
 
-    async def handle(self, body: ResponsesRequest, guard: Guard) -> Reply:
-        prep = await self.prepare(body)
+    async def handle(self, body: ResponsesRequest, guard: Guard,
+                     scope: CacheScope = SHARED) -> Reply:
+        prep = await self.prepare(body, scope)
         streams = await guard(self.chat.start(prep.chat))
         if body.stream:
             return Streamed(self.stream(prep, streams), dict(SSE_HEADERS))
         return Complete(await guard(self.complete(prep, streams)))
 
     # -- stored responses ----------------------------------------------------------------
-    async def get(self, response_id: str) -> dict[str, Any]:
-        return (await self._stored(response_id)).response
+    async def get(self, response_id: str, scope: CacheScope = SHARED) -> dict[str, Any]:
+        return (await self._stored(response_id, scope)).response
 
-    async def input_items(self, response_id: str) -> dict[str, Any]:
-        items = (await self._stored(response_id)).input_items
+    async def input_items(self, response_id: str,
+                          scope: CacheScope = SHARED) -> dict[str, Any]:
+        items = (await self._stored(response_id, scope)).input_items
         return {"object": "list", "data": items, "has_more": False,
                 "first_id": items[0]["id"] if items else None,
                 "last_id": items[-1]["id"] if items else None}
 
-    async def delete(self, response_id: str) -> dict[str, Any]:
+    async def delete(self, response_id: str, scope: CacheScope = SHARED) -> dict[str, Any]:
+        await self._stored(response_id, scope)  # another tenant's is as good as unknown
         if not await run_in_threadpool(self.store.delete, response_id):
             raise _not_found(response_id, "response_id")
         return {"id": response_id, "object": "response", "deleted": True}
 
-    async def _stored(self, response_id: str, param: str = "response_id") -> StoredResponse:
+    async def _stored(self, response_id: str, scope: CacheScope,
+                      param: str = "response_id") -> StoredResponse:
         rec = await run_in_threadpool(self.store.get, response_id)
-        if rec is None:
+        if rec is None or rec.tenant != scope.tenant:
             raise _not_found(response_id, param)
         return rec
 
     # -- preparing -----------------------------------------------------------------------
-    async def prepare(self, body: ResponsesRequest) -> PreparedResponse:
+    async def prepare(self, body: ResponsesRequest,
+                      scope: CacheScope = SHARED) -> PreparedResponse:
         _check_supported(body)
         prev = None
         if body.previous_response_id:
-            prev = await self._stored(body.previous_response_id, "previous_response_id")
+            prev = await self._stored(body.previous_response_id, scope,
+                                      "previous_response_id")
         history = list(prev.messages) if prev else []
         new = input_messages(body.input)
         messages = history + new
         rid = new_id("resp")
         session = prev.session if prev else SESSION_PREFIX + rid
         chat_body = _chat_request(body, messages, prev)
-        prepared = await self.chat.prepare(chat_body, session)
+        prepared = await self.chat.prepare(chat_body, session, scope)
         return PreparedResponse(body, prepared, rid, int(time.time()),
                                 body.prompt_cache_key or session, messages,
-                                _input_items(body.input))
+                                _input_items(body.input), scope.tenant)
 
     # -- running -------------------------------------------------------------------------
     async def complete(self, prep: PreparedResponse, streams: list[RequestStream]
@@ -178,7 +186,7 @@ class ResponsesService:
             return
         rec = StoredResponse(prep.id, prep.session,
                              prep.messages + [history_message(message)],
-                             prep.input_items, response)
+                             prep.input_items, response, prep.tenant)
         await run_in_threadpool(self.store.put, rec)
 
     def _response(self, prep: PreparedResponse, status: str, items: list[dict[str, Any]],
@@ -245,6 +253,7 @@ def _chat_request(body: ResponsesRequest, messages: list[Message],
         "tools": chat_tools(body.tools), "tool_choice": chat_tool_choice(body.tool_choice),
         "parallel_tool_calls": body.parallel_tool_calls,
         "prompt_cache_key": body.prompt_cache_key, "user": body.user,
+        "cache_salt": body.cache_salt,
         "reasoning_effort": body.reasoning.effort if body.reasoning else None,
     }
     fmt = body.text.format if body.text else None

@@ -289,3 +289,18 @@ def test_snapshot_releases_the_padded_buffer() -> None:
     held = mx.get_active_memory() - before
     assert held < (1 << 20), "a lazy slice kept the whole step-padded buffer alive"
     assert layers[0][0].shape == (1, KV_HEADS, 8, HEAD_DIM)
+
+
+def test_namespaces_isolate_prefix_reuse() -> None:
+    """A tenant's prompt is found as a prefix only by lookups of its own namespace."""
+    s = store()
+    assert s.put(seq(1), kv(T), namespace="tenant-a")
+    assert s.lookup(seq(1) + [500], namespace="tenant-a").matched == T
+    assert s.lookup(seq(1) + [500], namespace="tenant-b").matched == 0
+    assert s.lookup(seq(1) + [500]).matched == 0  # nor the shared namespace
+    assert s.put(seq(1), kv(T, seed=1))  # the same tokens, shared: a separate entry
+    assert s.stats.entries == 2
+    assert s.lookup(seq(1) + [500]).matched == T
+    s.clear()
+    assert s.stats.entries == 0
+    assert s.lookup(seq(1), namespace="tenant-a").matched == 0
