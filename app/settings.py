@@ -37,6 +37,9 @@ class Settings(BaseSettings):
     """Prompt tokens per prefill step while nothing else is decoding."""
     prefill_busy_seconds: float = 0.25
     """Target seconds per prefill chunk while other streams decode (keeps them flowing)."""
+    prefill_idle_seconds: float = 1.0
+    """Target seconds per prefill chunk when nothing else runs: a new request or a
+    disconnect waits at most about this long (prefill_chunk tokens at most)."""
     keepalive_seconds: float = 5.0
     """Seconds between SSE comment keepalives while a stream waits (long prefill)."""
     default_max_tokens: int | None = None

@@ -6,8 +6,10 @@ Policy:
   left (a short request is not stuck behind a long prompt). Prompts that fit in
   one chunk are prefilled together, padded to the longest, as one batch (a burst
   of short requests costs one forward, not one each).
-- While streams are decoding, the chunk is sized from the measured prefill rate so
-  one chunk takes about `busy_chunk_seconds`; with nothing decoding, it is large.
+- A chunk is sized from the measured prefill rate so it takes about
+  `busy_chunk_seconds` while streams are decoding (they wait for it) and about
+  `idle_chunk_seconds` when nothing is (a request that arrives, or a client that hangs
+  up, gets its turn within that time on any machine); `idle_chunk` tokens at most.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ class Scheduler:
     max_batch: int = 32
     idle_chunk: int = 512
     busy_chunk_seconds: float = 0.25
+    idle_chunk_seconds: float = 1.0
     waiting: list[Schedulable] = field(default_factory=list)
     running: list[Schedulable] = field(default_factory=list)
     prefill_rate: float | None = None
@@ -64,17 +67,22 @@ class Scheduler:
         self.prefill_rate = rate if prev is None else (1 - RATE_EMA) * prev + RATE_EMA * rate
 
     def busy_chunk(self) -> int:
-        if self.prefill_rate is None:
+        return self._timed_chunk(self.busy_chunk_seconds)
+
+    def idle_chunk_now(self) -> int:
+        return self._timed_chunk(self.idle_chunk_seconds)
+
+    def _timed_chunk(self, seconds: float) -> int:
+        if self.prefill_rate is None:  # the first chunk measures the rate
             return max(MIN_CHUNK, self.idle_chunk // 4)
-        size = int(self.prefill_rate * self.busy_chunk_seconds)
-        return max(MIN_CHUNK, min(self.idle_chunk, size))
+        return max(MIN_CHUNK, min(self.idle_chunk, int(self.prefill_rate * seconds)))
 
     def plan(self) -> StepPlan:
         plan = StepPlan(decode=bool(self.running))
         free = self.max_batch - len(self.running)
         if not self.waiting or free <= 0:
             return plan
-        limit = self.busy_chunk() if self.running else self.idle_chunk
+        limit = self.busy_chunk() if self.running else self.idle_chunk_now()
         order = sorted(self.waiting, key=lambda s: s.prefill_remaining)
         first = order[0]
         if first.prefill_remaining > limit:

@@ -67,14 +67,17 @@ async def test_shared_prefix_across_sessions_and_batched_mixed_prefixes(engine: 
         cold_engine.stop()
 
 
-async def test_budget_too_small_is_refused_and_engine_continues(tiny_dir: Path) -> None:
+async def test_request_larger_than_budget_is_a_400_and_engine_continues(tiny_dir: Path) -> None:
     eng, spec = make_engine(tiny_dir, kv_budget_bytes=4096)
     eng.start(asyncio.get_running_loop())
     try:
         await eng.chat_model(spec)
         res = await collect(eng, GenerationRequest(MODEL_ID, prompt_ids(eng, "Hello"), 50,
                                                    no_eos(eng, temperature=0.0)))
-        assert res.error is not None and res.error.status == 503 and res.error.retry_after
+        # It can never fit: a 400 that says how much it needs, no Retry-After.
+        assert res.error is not None and res.error.status == 400, res.error
+        assert not res.error.retry_after and "MiB" in res.error.message
+        assert res.error.code == "kv_budget_too_small"
     finally:
         eng.stop()
 

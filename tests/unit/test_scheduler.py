@@ -8,11 +8,17 @@ class FakeSeq:
     prefill_remaining: int
 
 
-def test_idle_prefill_uses_full_chunk_and_no_decode() -> None:
-    s = Scheduler(idle_chunk=512)
+def test_idle_chunk_is_sized_by_time() -> None:
+    s = Scheduler(idle_chunk=512, idle_chunk_seconds=1.0)
     s.add(FakeSeq(2000))
-    plan = s.plan()
-    assert plan.chunk == 512 and not plan.decode
+    first = s.plan()
+    assert first.chunk == 128 and not first.decode  # unmeasured: a quarter, to measure
+    s.observe_prefill(40, 1.0)  # a slow machine: 40 tokens/s
+    assert s.plan().chunk == 40  # a new request waits about a second, not 12
+    fast = Scheduler(idle_chunk=512, idle_chunk_seconds=1.0)
+    fast.observe_prefill(5000, 1.0)
+    fast.add(FakeSeq(2000))
+    assert fast.plan().chunk == 512  # capped at idle_chunk
 
 
 def test_shortest_remaining_prompt_goes_first() -> None:
@@ -62,6 +68,7 @@ def test_promote_and_remove() -> None:
 
 def test_short_prompts_are_grouped_within_the_chunk_budget() -> None:
     s = Scheduler(idle_chunk=100, max_batch=8)
+    s.observe_prefill(10_000, 1.0)  # fast: the chunk budget is idle_chunk itself
     seqs = [FakeSeq(n) for n in (30, 10, 20, 40, 500)]
     for q in seqs:
         s.add(q)
