@@ -11,11 +11,12 @@ from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
 from app.accel.process import describe_runtime, prepare_process
-from app.api import audio, cache, chat, completions, embeddings, models, responses
+from app.api import audio, cache, chat, completions, embeddings, metrics, models, responses
 from app.api.errors import install_error_handlers
 from app.api.request_id import RequestIdMiddleware
 from app.api.security import AccessMiddleware
 from app.engine.engine import Engine
+from app.metrics import Metrics
 from app.models.registry import Registry
 from app.serving.chat import CACHE_HEADER, ChatService
 from app.serving.completions import CompletionService
@@ -50,7 +51,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         logger.info("runtime: %s", describe_runtime())
-        engine = Engine(settings, registry)
+        engine = Engine(settings, registry, app.state.metrics)
         engine.start(asyncio.get_running_loop())
         app.state.engine = engine
         app.state.chat = ChatService(engine, registry, settings)
@@ -71,6 +72,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="mlxd", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings
     app.state.registry = registry
+    app.state.metrics = Metrics()  # its own registry: several apps in one process never collide
     install_error_handlers(app)
     # Starlette runs the last one added first: request ids on every answer, CORS headers
     # (and preflights) before the access checks, which refuse before any route runs.
@@ -87,4 +89,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(models.router)
     app.include_router(cache.router)
     app.include_router(audio.router)
+    app.include_router(metrics.router)
     return app

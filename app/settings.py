@@ -58,11 +58,11 @@ class Settings(BaseSettings):
     max_audio_bytes: int = 25 * 1024 * 1024
     """Largest accepted audio upload in bytes (413 above it)."""
     max_audio_seconds: float = 2 * 3600
-    """Longest accepted audio in seconds, declared or decoded (400 above it): bounds the
-    decoded samples' memory (~64 KB a second, ~1 GB at the default with the spectrogram)."""
-    max_transcribe_window_seconds: float | None = 15.0
-    """Engine seconds one 30 s window may take, temperature retries included; past it the
-    window keeps its best text so far (looping noise stops here). None = no limit."""
+    """Longest accepted audio in seconds, declared or decoded (400 above it). Bounds memory:
+    decoding 2 h peaks at ~1.7 GB, and the job keeps its 230 MB spectrogram."""
+    max_transcribe_window_seconds: float | None = 30.0
+    """Engine seconds one 30 s window may take, temperature retries included (30: never
+    slower than real time); past it the window keeps its best text so far. None = no limit."""
     model_idle_ttl_seconds: float | None = None
     """Unload a non-default model after this many idle seconds; None = keep loaded."""
     log_level: str = "info"

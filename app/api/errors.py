@@ -13,6 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app.protocol.body import ERROR_TYPE
 from app.protocol.errors import STATUS_TYPES, APIError, error_body
 
 logger = logging.getLogger(__name__)
@@ -34,8 +35,10 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     first = errors[0]
     if first.get("type") == "json_invalid":
         return "Request body is not valid JSON: " + str(first.get("ctx", {}).get("error", "")), None
+    if first.get("type") == ERROR_TYPE:  # app/protocol/body.py names the field itself
+        return str(first["msg"]), first["ctx"]["param"]
     param = _loc_to_param(tuple(first.get("loc", ())))
-    msg = str(first.get("msg", "invalid value"))
+    msg = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
     if param is None and first.get("type") == "missing":
         return "Request body is required", None
     return (f"Invalid value for '{param}': {msg}" if param else msg), param
@@ -61,5 +64,6 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unhandled(_: Request, exc: Exception) -> JSONResponse:
         logger.exception("unhandled error")
-        return JSONResponse(error_body(f"Internal server error: {type(exc).__name__}",
-                                       "server_error"), status_code=500)
+        # The log has the traceback; the client gets no internals (not even the type)
+        return JSONResponse(error_body("The server had an error while processing your "
+                                       "request.", "server_error"), status_code=500)

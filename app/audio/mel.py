@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -72,16 +73,10 @@ def _hann_window() -> np.ndarray:
 
 def power_spectrogram(audio: np.ndarray) -> np.ndarray:
     """|STFT|² [n_fft//2+1, frames] with centred, reflect-padded frames (one per hop)."""
-    padded = np.pad(audio.astype(np.float32, copy=False), N_FFT // 2, mode="reflect")
-    # the last centred frame is dropped, as Whisper's frontend does: len // hop frames
-    n_frames = 1 + (padded.size - N_FFT) // HOP_LENGTH - 1
-    frames = np.lib.stride_tricks.sliding_window_view(padded, N_FFT)[::HOP_LENGTH][:n_frames]
-    window = _hann_window()
-    out = np.empty((N_FFT // 2 + 1, n_frames), dtype=np.float32)
-    for start in range(0, n_frames, FRAMES_PER_BATCH):
-        spec = np.fft.rfft(frames[start : start + FRAMES_PER_BATCH] * window, axis=-1)
-        out[:, start : start + FRAMES_PER_BATCH] = (spec.real**2 + spec.imag**2).T
-    return out
+    power = np.empty((N_FFT // 2 + 1, _n_frames(audio.size)), dtype=np.float32)
+    for rows, block in _power_blocks(_reflect_padded(audio, 0)):
+        power[:, rows] = block.T
+    return power
 
 
 def log_mel_spectrogram(audio: np.ndarray, n_mels: int = 80, padding: int = 0) -> np.ndarray:
@@ -89,15 +84,49 @@ def log_mel_spectrogram(audio: np.ndarray, n_mels: int = 80, padding: int = 0) -
 
     `padding` zero samples are appended first; Whisper appends a full window (N_SAMPLES)
     so the last window of a clip sees real silence features, not edge padding.
+    Memory beyond `audio`: one padded copy and the float32 result (~1 GB for 2 h).
     """
     if audio.ndim != 1:
         raise ValueError(f"audio must be 1-D, got shape {audio.shape}")
-    if padding > 0:
-        audio = np.concatenate([audio.astype(np.float32, copy=False), np.zeros(padding, "f4")])
-    if audio.size < N_FFT // 2 + 1:  # reflect padding needs a few samples
-        audio = np.pad(audio, (0, N_FFT // 2 + 1 - audio.size))
-    power = power_spectrogram(audio)
-    mel = mel_filters(n_mels) @ power
-    log_spec = np.log10(np.maximum(mel, LOG_FLOOR))
-    log_spec = np.maximum(log_spec, log_spec.max() - DYNAMIC_RANGE)
-    return ((log_spec + 4.0) / 4.0).astype(np.float32)
+    padded = _reflect_padded(audio, padding)
+    filters = mel_filters(n_mels)
+    mel = np.empty((n_mels, _n_frames(audio.size + padding)), dtype=np.float32)
+    for rows, block in _power_blocks(padded):
+        mel[:, rows] = filters @ block.T  # never the whole [201, frames] power at once
+    del padded
+    np.maximum(mel, LOG_FLOOR, out=mel)
+    np.log10(mel, out=mel)
+    np.maximum(mel, mel.max() - DYNAMIC_RANGE, out=mel)
+    mel += 4.0
+    mel /= 4.0
+    return mel
+
+
+def _n_frames(n_samples: int) -> int:
+    # the last centred frame is dropped, as Whisper's frontend does: len // hop frames
+    return max(n_samples, N_FFT // 2 + 1) // HOP_LENGTH
+
+
+def _reflect_padded(audio: np.ndarray, padding: int) -> np.ndarray:
+    """np.pad(audio + `padding` zeros, N_FFT // 2, mode="reflect") as float32, in one
+    allocation (a 2 h clip is 460 MB of samples: no extra copies)."""
+    half = N_FFT // 2
+    n = max(audio.size + padding, half + 1)  # reflect padding needs a few samples
+    out = np.zeros(n + 2 * half, dtype=np.float32)
+    out[half : half + audio.size] = audio
+    body = out[half : half + n]
+    out[:half] = body[half:0:-1]
+    out[half + n :] = body[-2 : -half - 2 : -1]
+    return out
+
+
+def _power_blocks(padded: np.ndarray) -> Iterator[tuple[slice, np.ndarray]]:
+    """(frame rows, |STFT|² [rows, n_fft//2+1] float32) of a reflect-padded signal, in
+    FRAMES_PER_BATCH blocks."""
+    n_frames = (padded.size - 2 * (N_FFT // 2)) // HOP_LENGTH
+    frames = np.lib.stride_tricks.sliding_window_view(padded, N_FFT)[::HOP_LENGTH][:n_frames]
+    window = _hann_window()
+    for start in range(0, n_frames, FRAMES_PER_BATCH):
+        spec = np.fft.rfft(frames[start : start + FRAMES_PER_BATCH] * window, axis=-1)
+        rows = slice(start, min(start + FRAMES_PER_BATCH, n_frames))
+        yield rows, (spec.real**2 + spec.imag**2).astype(np.float32)

@@ -40,6 +40,9 @@ class TranscribeOptions:
     suppress_blank: bool = True
     seed: int = 0
     """Seed of the sampler used by temperature fallback."""
+    window_time_limit: float | None = None
+    """Seconds of work one 30 s window may take, temperature retries included; past it
+    the window keeps its best text so far and the job moves on. None = no limit."""
 
     def temperatures(self) -> tuple[float, ...]:
         t = self.temperature

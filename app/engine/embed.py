@@ -51,6 +51,11 @@ class EmbedQueue:
     def has_work(self) -> bool:
         return bool(self._tasks)
 
+    @property
+    def pending(self) -> int:
+        """Tasks queued or in progress."""
+        return len(self._tasks)
+
     def add(self, task: EmbedTask) -> None:
         self._tasks.append(task)
 

@@ -36,6 +36,7 @@ from app.engine.sampling import RowSampler
 from app.engine.sequence import Sequence
 from app.engine.stream import Dispatcher, RequestStream
 from app.kv.records import SessionInfo, StoreStats
+from app.metrics import Metrics
 from app.models.registry import ModelSpec, Registry
 from app.models.whisper.transcribe import TranscriptionJob
 from app.settings import Settings
@@ -55,10 +56,12 @@ class EngineStopped(RuntimeError):
 
 
 class Engine:
-    def __init__(self, settings: Settings, registry: Registry) -> None:
+    def __init__(self, settings: Settings, registry: Registry,
+                 metrics: Metrics | None = None) -> None:
         self.settings = settings
         self.registry = registry
-        self.models = ModelManager(settings, registry)
+        self.metrics = metrics or Metrics()
+        self.models = ModelManager(settings, registry, self.metrics)
         # Commands run for their effect; whatever they return is ignored.
         self._commands: queue.Queue[Callable[[], object]] = queue.Queue()
         self._thread: threading.Thread | None = None
@@ -138,7 +141,7 @@ class Engine:
                              model_id: str) -> tuple[int, RequestStream]:
         """Queue a prepared job; segments and the result arrive on the stream."""
         assert self._dispatcher is not None
-        task = AsrTask(job, RequestStream(self._dispatcher))
+        task = AsrTask(job, RequestStream(self._dispatcher), model=model_id)
 
         def add() -> None:
             self.models.touch(model_id)
@@ -170,6 +173,7 @@ class Engine:
                 if not fut.cancelled():
                     fut.set_exception(exc)
                 return
+            self.metrics.embedded(spec.id, rows)
             self.models.embed.add(EmbedTask(loaded, rows, fut))
 
         self._commands.put(add)
@@ -199,7 +203,15 @@ class Engine:
             finally:
                 assert self._dispatcher is not None
                 self._dispatcher.flush()
+                self._publish_state()
         logger.info("engine thread stopped")
+
+    def _publish_state(self) -> None:
+        """Queues, KV and MLX memory for /metrics, once per loop turn (a few counters)."""
+        try:
+            self.metrics.publish(self.models.state())
+        except Exception:  # metrics must never stop the engine
+            logger.exception("publishing engine state failed")
 
     def _has_work(self) -> bool:
         return self.models.asr.has_work or self.models.embed.has_work or \

@@ -24,6 +24,7 @@ from app.engine.runner import ChatRunner
 from app.engine.scheduler import Scheduler
 from app.kv.sizing import default_budget_bytes
 from app.kv.store import KVStore
+from app.metrics import EngineState, KVState, Metrics
 from app.models.bert import LoadedEmbeddingModel, load_bert
 from app.models.bert.tokenizer import EmbeddingTokenizer
 from app.models.registry import ModelSpec, Registry, resolve_parts, resolve_source
@@ -95,11 +96,13 @@ class ModelsShutDown(RuntimeError):
 
 
 class ModelManager:
-    def __init__(self, settings: Settings, registry: Registry) -> None:
+    def __init__(self, settings: Settings, registry: Registry,
+                 metrics: Metrics | None = None) -> None:
         self.settings = settings
         self.registry = registry
+        self.metrics = metrics or Metrics()
         self.runners: dict[str, ChatRunner] = {}
-        self.asr = AsrQueue()
+        self.asr = AsrQueue(self.metrics)
         self.embed = EmbedQueue()
         self._handles: dict[str, ChatModelHandle] = {}
         self._asr_models: dict[str, TranscriptionModelHandle] = {}
@@ -135,8 +138,10 @@ class ModelManager:
         except Exception:  # a model that can't batch still serves single requests
             logger.warning("warm-up forward failed for %s", spec.id, exc_info=True)
         handle = self.add_chat_model(spec, loaded)
+        seconds = time.perf_counter() - t0
+        self.metrics.loaded(spec.id, "chat", seconds)
         logger.info("loaded chat model %s (%s, context %d) in %.1fs on %s; computes with %s",
-                    spec.id, loaded.dtype, handle.context_length, time.perf_counter() - t0,
+                    spec.id, loaded.dtype, handle.context_length, seconds,
                     mx.default_device(), loaded.acceleration)
         return handle
 
@@ -148,9 +153,10 @@ class ModelManager:
             max_batch=self.settings.max_batch,
             idle_chunk=self.settings.prefill_chunk,
             busy_chunk_seconds=self.settings.prefill_busy_seconds,
+            idle_chunk_seconds=self.settings.prefill_idle_seconds,
         )
         kv = self._kv_bridge(spec, loaded) if self.settings.kv_cache else None
-        self.runners[spec.id] = ChatRunner(loaded, scheduler, kv)
+        self.runners[spec.id] = ChatRunner(loaded, scheduler, kv, self.metrics.model(spec.id))
         handle = ChatModelHandle(spec, loaded.tokenizer, ctx, loaded.fingerprint, loaded.dtype)
         self._handles[spec.id] = handle
         self.touch(spec.id)
@@ -166,8 +172,10 @@ class ModelManager:
         handle = TranscriptionModelHandle(spec, bundle, bool(bundle.is_multilingual))
         self._asr_models[spec.id] = handle
         self.touch(spec.id)
+        seconds = time.perf_counter() - t0
+        self.metrics.loaded(spec.id, "transcription", seconds)
         logger.info("loaded transcription model %s (%s, %s) in %.1fs; computes with %s",
-                    spec.id, bundle.format, bundle.dtype, time.perf_counter() - t0, ops)
+                    spec.id, bundle.format, bundle.dtype, seconds, ops)
         return handle
 
     def ensure_embedding(self, spec: ModelSpec) -> EmbeddingModelHandle:
@@ -184,9 +192,11 @@ class ModelManager:
         handle = EmbeddingModelHandle(spec, loaded.tokenizer, loaded.dimensions,
                                       loaded.max_tokens)
         self._embedders[spec.id] = handle, loaded
+        seconds = time.perf_counter() - t0
+        self.metrics.loaded(spec.id, "embedding", seconds)
         logger.info("loaded embedding model %s (%s, %d dimensions, %s pooling) in %.1fs; "
                     "computes with %s", spec.id, loaded.dtype, loaded.dimensions,
-                    loaded.pooling, time.perf_counter() - t0, ops)
+                    loaded.pooling, seconds, ops)
         return handle, loaded
 
     def runner_for(self, model_id: str) -> ChatRunner | None:
@@ -215,6 +225,23 @@ class ModelManager:
         logger.info("KV cache for %s: %d bytes/token, budget %.0f MiB, persist %s",
                     spec.id, per_token, budget / 2**20, persist)
         return KVBridge(store, per_token)
+
+    def state(self) -> EngineState:
+        """Queues, KV stores and MLX memory now, for /metrics (engine thread: it reads MLX's
+        allocator and the stores, which nothing else may touch)."""
+        kv = {}
+        for mid, runner in self.runners.items():
+            if runner.kv is not None:
+                st = runner.kv.store.stats
+                kv[mid] = KVState(st.resident_bytes, st.reserved_bytes, st.budget_bytes,
+                                  st.entries, st.lookups, st.hits + st.partial_hits)
+        return EngineState(
+            waiting={m: len(r.scheduler.waiting) for m, r in self.runners.items()},
+            running={m: len(r.scheduler.running) for m, r in self.runners.items()},
+            kv=kv, transcription_jobs=self.asr.pending,
+            embedding_requests=self.embed.pending,
+            mlx_active_bytes=mx.get_active_memory(), mlx_peak_bytes=mx.get_peak_memory(),
+            mlx_cache_bytes=mx.get_cache_memory())
 
     # -- housekeeping (engine thread) ----------------------------------------------------
     def unload_idle(self, ttl: float) -> None:

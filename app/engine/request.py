@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import time
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -66,6 +67,8 @@ class GenerationRequest:
     cache_namespace: str = ""
     """Prefix reuse happens only between requests of one namespace (the tenant's API key,
     a client's cache_salt); "" is the shared one."""
+    created: float = field(default_factory=time.perf_counter)
+    """perf_counter() when serving built the request: time to first token starts here."""
     id: int = field(default_factory=next_request_id)
 
 

@@ -22,6 +22,7 @@ from app.engine.request import Failed
 from app.engine.sampling import PendingSample, launch_sample, resolve, sample
 from app.engine.scheduler import Scheduler
 from app.engine.sequence import Sequence
+from app.metrics import ModelMetrics
 from app.models.types import LoadedChatModel
 
 logger = logging.getLogger(__name__)
@@ -35,8 +36,9 @@ class _Inflight:
 
 class ChatRunner:
     def __init__(self, loaded: LoadedChatModel, scheduler: Scheduler,
-                 kv: KVBridge | None = None) -> None:
+                 kv: KVBridge | None = None, metrics: ModelMetrics | None = None) -> None:
         self.loaded = loaded
+        self.metrics = metrics
         self.model = loaded.model
         self.decode_step = loaded.decode_step
         self.scheduler = scheduler
@@ -47,6 +49,7 @@ class ChatRunner:
 
     # -- queue management ---------------------------------------------------
     def add(self, seq: Sequence) -> None:
+        seq.metrics = self.metrics
         self.scheduler.add(seq)
 
     def abort(self, request_id: int) -> bool:

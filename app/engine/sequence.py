@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -10,6 +11,7 @@ from app.engine.request import Delta, Finished, FinishReason, GenerationRequest,
 from app.engine.sampling import RowSampler
 from app.engine.stream import RequestStream
 from app.kv.records import KVEntry
+from app.metrics import ModelMetrics
 from app.text.detokenize import IncrementalDetokenizer
 from app.text.stops import StopMatcher
 
@@ -37,6 +39,10 @@ class Sequence:
     last_token: int = -1
     aborted: bool = False
     finished: bool = False
+    metrics: ModelMetrics | None = None
+    """The model's token metrics (set by its runner); None observes nothing."""
+    last_token_at: float = 0.0
+    """perf_counter() when the last token was accepted (inter-token latency)."""
 
     @property
     def prompt(self) -> list[int]:
@@ -51,6 +57,13 @@ class Sequence:
         """Take a sampled token: emit stop-safe text; finish on eos, stop string or length."""
         self.generated.append(token)
         self.last_token = token
+        if self.metrics is not None:
+            now = time.perf_counter()
+            if len(self.generated) == 1:
+                self.metrics.ttft.observe(now - self.req.created)
+            else:
+                self.metrics.itl.observe(now - self.last_token_at)
+            self.last_token_at = now
         lps: list[TokenLogprob] = []
         if logprob is not None:
             lps.append(TokenLogprob(decode_piece(token), logprob,
@@ -81,4 +94,7 @@ class Sequence:
             return
         self.finished = True
         usage = Usage(len(self.req.prompt_tokens), len(self.generated), self.cached_tokens)
+        if self.metrics is not None:
+            self.metrics.finished(usage.prompt_tokens, usage.completion_tokens,
+                                  usage.cached_tokens)
         self.stream.put_threadsafe(Finished(reason, usage, self.cache_info))

@@ -5,14 +5,16 @@ from __future__ import annotations
 import logging
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
+
+from app.protocol.body import RequestBody
 
 logger = logging.getLogger(__name__)
 
 MAX_INPUTS = 2048  # OpenAI's limit on inputs in one request
 
 
-class EmbeddingRequest(BaseModel):
+class EmbeddingRequest(RequestBody):
     model_config = ConfigDict(extra="allow")
 
     model: str | None = None

@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from app.protocol.body import RequestBody
 from app.protocol.chat import MAX_TOP_LOGPROBS
 
 logger = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ class ReasoningConfig(BaseModel):
     """Accepted; the reply's whole reasoning is returned as reasoning text (no summary)."""
 
 
-class ResponsesRequest(BaseModel):
+class ResponsesRequest(RequestBody):
     model_config = ConfigDict(extra="allow")
 
     model: str | None = None

@@ -4,13 +4,18 @@ stopping, streaming. Unknown fields are kept and logged."""
 from __future__ import annotations
 
 import logging
+import re
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from app.protocol.body import RequestBody
 
 logger = logging.getLogger(__name__)
 
 MAX_STOP_SEQUENCES = 16
 MAX_N = 16
+# ASCII digits only: str.isdigit() admits "²", which int() refuses; 20 digits hold any id
+TOKEN_ID = re.compile(r"-?[0-9]{1,20}")
 
 
 class StreamOptions(BaseModel):
@@ -18,7 +23,7 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class GenerationFields(BaseModel):
+class GenerationFields(RequestBody):
     model_config = ConfigDict(extra="allow")
 
     model: str | None = None
@@ -53,7 +58,7 @@ class GenerationFields(BaseModel):
     @classmethod
     def _bias_range(cls, v: dict[str, float] | None) -> dict[str, float] | None:
         for key, val in (v or {}).items():
-            if not key.lstrip("-").isdigit():
+            if not TOKEN_ID.fullmatch(key):
                 raise ValueError(f"logit_bias keys must be token ids, got {key!r}")
             if not -100.0 <= val <= 100.0:
                 raise ValueError(f"logit_bias values must be in [-100, 100], got {val}")

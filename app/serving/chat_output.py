@@ -78,8 +78,9 @@ def usage_json(u: Usage) -> dict[str, Any]:
 
 
 def floor_logprob(value: float) -> float:
-    """A logprob JSON can carry: -inf (and NaN) become LOGPROB_FLOOR."""
-    return value if value >= LOGPROB_FLOOR else LOGPROB_FLOOR
+    """A logprob JSON can carry: -inf (and NaN) become LOGPROB_FLOOR, and nothing is above
+    0 (a NaN-poisoned row must not send +inf either)."""
+    return min(value, 0.0) if value >= LOGPROB_FLOOR else LOGPROB_FLOOR
 
 
 def _lp_entry(token: str, logprob: float) -> dict[str, Any]:

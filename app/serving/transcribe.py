@@ -15,7 +15,7 @@ from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 
-from app.audio.decode import AudioDecodeError, decode_audio
+from app.audio.decode import AudioDecodeError, AudioTooLong, decode_audio
 from app.audio.formats import GRANULARITIES, RESPONSE_FORMATS, render
 from app.audio.transcript import TranscribeOptions, TranscriptionResult
 from app.engine.engine import Engine
@@ -85,7 +85,11 @@ class TranscriptionService:
         if not audio:
             raise APIError(400, "the uploaded file is empty", param="file")
         try:
-            samples = await run_in_threadpool(decode_audio, audio)
+            samples = await run_in_threadpool(decode_audio, audio,
+                                              max_seconds=self.settings.max_audio_seconds)
+        except AudioTooLong as exc:
+            raise APIError(400, f"{exc} (MLXD_MAX_AUDIO_SECONDS)", param="file",
+                           code="audio_too_long") from exc
         except AudioDecodeError as exc:
             raise APIError(400, f"could not decode audio: {exc}", param="file",
                            code="invalid_audio") from exc
@@ -97,7 +101,8 @@ class TranscriptionService:
             handle = await self._translator(p.model, handle)
         options = TranscribeOptions(
             language=p.language, task=p.task, prompt=p.prompt,
-            temperature=p.temperature or None, word_timestamps="word" in p.granularities)
+            temperature=p.temperature or None, word_timestamps="word" in p.granularities,
+            window_time_limit=self.settings.max_transcribe_window_seconds)
         try:
             # The constructor computes the log-mel spectrogram in numpy: off the engine thread.
             job = await run_in_threadpool(TranscriptionJob, handle.bundle, samples, options)

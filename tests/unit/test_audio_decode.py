@@ -98,3 +98,68 @@ def test_error_is_value_error_with_message() -> None:
     with pytest.raises(ValueError) as info:
         decode_audio(b"")
     assert isinstance(info.value, AudioDecodeError) and info.value.message
+
+
+def _pcm_wav(rate: int, seconds: float) -> bytes:
+    """A 16-bit mono WAV of a quiet ramp at `rate` Hz (the stdlib writes any rate)."""
+    import io
+    import wave
+
+    n = max(1, int(rate * seconds))
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes((np.arange(n) % 200 - 100).astype("<i2").tobytes())
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("rate", [1, 8, 999, 384_001, 1_000_000])
+def test_absurd_sample_rates_are_refused(rate: int) -> None:
+    """A 1 Hz header would grow 16,000x when resampled: refused before anything is."""
+    data = _pcm_wav(rate, 10_000 / rate)  # 10,000 samples: a 20 KB upload
+    with pytest.raises(AudioDecodeError, match=f"sample rate {rate} Hz"):
+        decode_audio(data)
+
+
+@pytest.mark.parametrize("rate", [1_000, 8_000, 384_000])
+def test_sample_rates_at_the_edges_decode(rate: int) -> None:
+    assert len(decode_audio(_pcm_wav(rate, 0.5))) == pytest.approx(8_000, abs=50)
+
+
+def test_declared_duration_is_refused_before_resampling(monkeypatch: pytest.MonkeyPatch) -> None:
+    import app.audio.decode as decode
+
+    def no_resampler(**_: object) -> None:
+        raise AssertionError("resampler created for audio declared too long")
+
+    monkeypatch.setattr(decode.av, "AudioResampler", no_resampler)
+    with pytest.raises(decode.AudioTooLong, match="declares 10.0 s.*limit of 2 s") as info:
+        decode_audio(_pcm_wav(1_000, 10), max_seconds=2)
+    assert info.value.limit_seconds == 2 and isinstance(info.value, AudioDecodeError)
+
+
+def test_undeclared_length_is_capped_while_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With no duration in the header the decoder still stops at the limit: no more than
+    the limit is ever resampled (a 1 kHz input frame is 16x its size once resampled)."""
+    import app.audio.decode as decode
+
+    appended: list[int] = []
+    real_append = decode._append
+
+    def counting_append(chunks: list[np.ndarray], frame: object) -> int:
+        appended.append(real_append(chunks, frame))  # type: ignore[arg-type]
+        return appended[-1]
+
+    monkeypatch.setattr(decode, "_declared_seconds", lambda box, stream: None)
+    monkeypatch.setattr(decode, "_append", counting_append)
+    with pytest.raises(decode.AudioTooLong, match="runs past 2 s"):
+        decode_audio(_pcm_wav(1_000, 60), max_seconds=2)
+    assert 0 < sum(appended) <= 2 * SAMPLE_RATE
+    assert len(decode_audio(_pcm_wav(1_000, 1.5), max_seconds=2)) == pytest.approx(
+        1.5 * SAMPLE_RATE, abs=50)
+
+
+def test_no_limit_without_max_seconds() -> None:
+    assert len(decode_audio(_pcm_wav(16_000, 5))) == 5 * SAMPLE_RATE

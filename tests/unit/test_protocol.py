@@ -4,7 +4,9 @@ import pytest
 from pydantic import ValidationError
 
 from app.protocol.chat import ChatCompletionRequest
+from app.protocol.errors import APIError
 from app.protocol.sse import SSE_DONE, sse_comment, sse_data
+from app.protocol.transcription import TranscriptionParams
 
 
 def test_sse_data_is_one_event_line() -> None:
@@ -49,3 +51,37 @@ def test_image_part_is_a_clear_error() -> None:
         {"type": "image_url", "image_url": {"url": "x"}}]}]})
     with pytest.raises(ValueError, match="not supported"):
         req.messages[0].text()
+
+
+@pytest.mark.parametrize("body", [
+    {"messages": [{"role": "user", "content": "hi \ud800"}]},
+    {"messages": [{"role": "user", "content": [{"type": "text", "text": "\udfff"}]}]},
+    {"messages": [{"role": "user", "content": "hi"}], "stop": ["\udc00"]},
+    {"messages": [{"role": "user", "content": "hi"}], "metadata": {"\ud800": "x"}},
+])
+def test_lone_surrogates_are_a_validation_error(body: dict[str, object]) -> None:
+    with pytest.raises(ValidationError, match="not valid Unicode"):
+        ChatCompletionRequest.model_validate(body)
+    valid = {"messages": [{"role": "user", "content": "h\u00e9llo \u2713 \U0001f600"}]}
+    assert ChatCompletionRequest.model_validate(valid).messages
+
+
+@pytest.mark.parametrize(("body", "param"), [
+    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {
+        "type": "object", "properties": {"a": {"type": "number", "maximum": float("inf")}}}}}]},
+     "tools[0].function.parameters.properties.a.maximum"),
+    ({"chat_template_kwargs": {"x": float("nan")}}, "chat_template_kwargs.x"),
+])
+def test_non_finite_numbers_are_a_validation_error(body: dict[str, object], param: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        ChatCompletionRequest.model_validate(
+            {"messages": [{"role": "user", "content": "hi"}], **body})
+    error = info.value.errors()[0]
+    assert "not a finite number" in error["msg"] and error["ctx"]["param"] == param
+
+
+def test_transcription_form_text_must_be_unicode() -> None:
+    with pytest.raises(APIError) as info:
+        TranscriptionParams(prompt="ok", granularities=["word", "\ud800"])
+    assert info.value.status == 400 and info.value.param == "timestamp_granularities[]"
+    assert TranscriptionParams(prompt="caf\u00e9").prompt == "caf\u00e9"

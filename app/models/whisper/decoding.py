@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +27,10 @@ from app.models.whisper.steps import Steps, run_to_end
 from app.models.whisper.tokenizer import WhisperTokenizer
 
 logger = logging.getLogger(__name__)
+
+# How often (in decoder steps) a hypothesis is checked for a repetition loop: the check
+# decodes and zlib-compresses its text (~50 us), a loop costs ~30 ms a step.
+LOOP_CHECK_STEPS = 16
 
 
 @dataclass(slots=True)
@@ -45,6 +50,9 @@ class DecodingOptions:
     without_timestamps: bool = False
     suppress_blank: bool = True
     max_initial_timestamp: float | None = MAX_INITIAL_TIMESTAMP
+    compression_ratio_threshold: float | None = None
+    """Stop a hypothesis once its text compresses better than this (a repetition loop,
+    which would only grow to the token limit); None = never."""
 
 
 @dataclass(slots=True)
@@ -57,6 +65,8 @@ class DecodeResult:
     no_speech_prob: float
     temperature: float
     compression_ratio: float
+    cut: bool = False
+    """Decoding stopped before the hypothesis ended (`should_stop`, the caller's time limit)."""
 
 
 def compression_ratio(text: str) -> float:
@@ -103,9 +113,11 @@ class WindowDecoder:
     def decode(self, options: DecodingOptions) -> DecodeResult:
         return run_to_end(self.decode_steps(options))
 
-    def decode_steps(self, options: DecodingOptions) -> Steps[DecodeResult]:
+    def decode_steps(self, options: DecodingOptions,
+                     should_stop: Callable[[], bool] | None = None) -> Steps[DecodeResult]:
         """`decode` as a generator that yields after every decoder step, so the engine
-        can run chat steps in between; returns the result."""
+        can run chat steps in between; returns the result. `should_stop` is asked after
+        every step: True ends decoding with the best hypothesis so far (`cut`)."""
         initial = self.initial_tokens(options)
         n_ctx = self.model.dims.n_text_ctx
         sample_len = options.sample_len or n_ctx // 2
@@ -125,13 +137,14 @@ class WindowDecoder:
         no_speech_prob = float(
             np.exp(log_softmax(first[0].astype(np.float64))[self.tokenizer.special.no_speech])
         )
+        stop = _Stop(self.tokenizer, options.compression_ratio_threshold, should_stop)
         if options.temperature == 0 and options.beam_size > 1:
             tokens, sum_lp = yield from self._beam_search(
-                first[1], cache, rules, options, sample_len)
+                first[1], cache, rules, options, sample_len, stop)
         else:
             n = 1 if options.temperature == 0 else max(1, options.best_of)
             tokens, sum_lp = yield from self._sample(
-                first[1], cache, rules, options, sample_len, n)
+                first[1], cache, rules, options, sample_len, n, stop)
         text = self.tokenizer.decode(tokens)
         return DecodeResult(
             tokens=tokens,
@@ -141,6 +154,7 @@ class WindowDecoder:
             no_speech_prob=no_speech_prob,
             temperature=options.temperature,
             compression_ratio=compression_ratio(text),
+            cut=stop.cut,
         )
 
     # -- model calls ----------------------------------------------------------------
@@ -163,6 +177,7 @@ class WindowDecoder:
         options: DecodingOptions,
         sample_len: int,
         n: int,
+        stop: _Stop,
     ) -> Steps[tuple[list[int], float]]:
         """Greedy (n = 1, T = 0) or n independent samples at temperature T."""
         eot = self.tokenizer.eot
@@ -172,7 +187,7 @@ class WindowDecoder:
         seqs: list[list[int]] = [[] for _ in range(n)]
         sum_lp = np.zeros(n, dtype=np.float64)
         done = np.zeros(n, dtype=bool)
-        for _ in range(sample_len):
+        for step in range(sample_len):
             logprobs = rules.apply(logits, seqs)
             if options.temperature == 0:
                 picks = logits.argmax(axis=-1)
@@ -185,7 +200,10 @@ class WindowDecoder:
                 if picks[i] != eot:
                     seqs[i].append(int(picks[i]))
             done |= picks == eot
-            if done.all():
+            if stop.check_loops(step):
+                for i in np.flatnonzero(~done):
+                    done[i] = stop.loops(seqs[i])  # a looping sample ends where it is
+            if done.all() or stop.out_of_time():
                 break
             logits, cache = self._step([int(t) for t in picks], cache)
             yield
@@ -199,6 +217,7 @@ class WindowDecoder:
         rules: LogitRules,
         options: DecodingOptions,
         sample_len: int,
+        stop: _Stop,
     ) -> Steps[tuple[list[int], float]]:
         eot = self.tokenizer.eot
         width = options.beam_size
@@ -206,7 +225,7 @@ class WindowDecoder:
         beams: list[tuple[list[int], float]] = [([], 0.0)]
         finished: dict[tuple[int, ...], float] = {}
         logits = first[None]
-        for _ in range(sample_len):
+        for step in range(sample_len):
             logprobs = rules.apply(logits, [seq for seq, _ in beams])
             top = top_k(logprobs, width + 1)
             candidates = [
@@ -232,6 +251,9 @@ class WindowDecoder:
             if len(finished) >= max_finished or not next_beams:
                 break
             beams = next_beams
+            # the best beam looping means the search has settled on a loop
+            if (stop.check_loops(step) and stop.loops(beams[0][0])) or stop.out_of_time():
+                break
             if sources != list(range(self.steps.batch(cache))):
                 cache = self.steps.select(cache, sources)
             logits, cache = self._step([seq[-1] for seq, _ in beams], cache)
@@ -241,6 +263,31 @@ class WindowDecoder:
                 finished.setdefault(tuple(seq), score)
         best = max(finished.items(), key=lambda kv: _rank(kv[1], len(kv[0]), options))
         return list(best[0]), best[1]
+
+
+class _Stop:
+    """When one window's decoding ends early: a time limit, or a repetition loop."""
+
+    __slots__ = ("tokenizer", "threshold", "should_stop", "cut")
+
+    def __init__(self, tokenizer: WhisperTokenizer, threshold: float | None,
+                 should_stop: Callable[[], bool] | None) -> None:
+        self.tokenizer = tokenizer
+        self.threshold = threshold
+        self.should_stop = should_stop
+        self.cut = False
+
+    def out_of_time(self) -> bool:
+        if self.should_stop is not None and self.should_stop():
+            self.cut = True
+        return self.cut
+
+    def check_loops(self, step: int) -> bool:
+        return self.threshold is not None and step % LOOP_CHECK_STEPS == LOOP_CHECK_STEPS - 1
+
+    def loops(self, tokens: list[int]) -> bool:
+        assert self.threshold is not None
+        return compression_ratio(self.tokenizer.decode(tokens)) > self.threshold
 
 
 def _rank(sum_logprob: float, length: int, options: DecodingOptions) -> float:

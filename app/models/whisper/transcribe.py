@@ -1,14 +1,18 @@
-"""Long-form transcription as a resumable job: one 30 s window per step().
+"""Long-form transcription as a resumable job, 30 s window by 30 s window.
 
-The engine thread calls step() between chat decode steps; each call encodes one window,
-decodes it (with temperature fallback) and returns the segments it finished, so a
-streaming response can emit them right away.
+The engine thread calls step(budget) between chat decode steps; each call works on the
+current window (encoder, then decoding with temperature fallback) for about `budget`
+seconds and returns the segments a finished window completed, so a streaming response
+can emit them right away. A window that loops or hallucinates is bounded: 224 tokens
+(half the text context), a loop ends its hypothesis early (compression ratio), and
+`TranscribeOptions.window_time_limit` caps its work, retries included.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 
 import mlx.core as mx
 import numpy as np
@@ -25,6 +29,7 @@ from app.models.whisper.decoding import (
     DecodeResult,
     DecodingOptions,
     WindowDecoder,
+    compression_ratio,
     detect_language,
 )
 from app.models.whisper.load import WhisperBundle
@@ -70,6 +75,8 @@ class TranscriptionJob:
         self.rng = np.random.default_rng(options.seed)
         self.windows = 0
         self._window: Steps[list[Segment]] | None = None  # the window in progress
+        self._window_spent = 0.0  # seconds of step() spent on it before this slice
+        self._slice_start = 0.0
 
     def _resolve_language(self, language: str | None) -> str | None:
         if language is None:
@@ -91,14 +98,16 @@ class TranscriptionJob:
 
     def step(self, budget_s: float | None = None) -> list[Segment]:
         """Work on the next 30 s window: to its end, or with `budget_s` until that much
-        time has passed (checked after the encoder pass and after every decoder step, so
-        chat steps can run in between). Returns the segments a finished window
-        completed (maybe none)."""
+        time has passed (checked after each half encoder layer and after every decoder
+        step, so chat steps can run in between). Returns the segments a finished
+        window completed (maybe none)."""
         if self._window is None:
             if self.done:
                 return []
             self._window = self._next_window()
-        deadline = None if budget_s is None else time.perf_counter() + budget_s
+            self._window_spent = 0.0
+        self._slice_start = time.perf_counter()
+        deadline = None if budget_s is None else self._slice_start + budget_s
         try:
             while True:
                 next(self._window)
@@ -107,6 +116,15 @@ class TranscriptionJob:
         except StopIteration as stop:
             self._window = None
             return stop.value  # type: ignore[no-any-return]
+        finally:
+            self._window_spent += time.perf_counter() - self._slice_start
+
+    def _out_of_time(self) -> bool:
+        """The current window has used up `window_time_limit` (only work time counts,
+        not the chat steps run between its slices)."""
+        limit = self.options.window_time_limit
+        spent = self._window_spent + time.perf_counter() - self._slice_start
+        return limit is not None and spent > limit
 
     def _next_window(self) -> Steps[list[Segment]]:
         model = self.bundle.model
@@ -131,8 +149,8 @@ class TranscriptionJob:
             self.bundle.begin_suppress_tokens,
             self.rng,
         )
-        result = yield from self._decode_with_fallback(decoder)
-        new_segments = self._consume(result, seek, segment_size)
+        result, whole = yield from self._decode_with_fallback(decoder)
+        new_segments = self._consume(result, seek, segment_size, whole)
         if self.options.word_timestamps and new_segments:
             from app.models.whisper.alignment import add_word_timestamps
 
@@ -161,7 +179,9 @@ class TranscriptionJob:
         return self.result()
 
     # -- internals --------------------------------------------------------------------
-    def _decode_with_fallback(self, decoder: WindowDecoder) -> Steps[DecodeResult]:
+    def _decode_with_fallback(self, decoder: WindowDecoder) -> Steps[tuple[DecodeResult, bool]]:
+        """The window's result, and whether it stands for the whole window (decoding was
+        cut short or a loop was cut off: the rest of the window is not decoded again)."""
         opts = self.options
         prompt = self.all_tokens[self.prompt_reset_since :]
         results: list[DecodeResult] = []
@@ -176,7 +196,9 @@ class TranscriptionJob:
                     prompt=prompt,
                     without_timestamps=opts.without_timestamps,
                     suppress_blank=opts.suppress_blank,
-                )
+                    compression_ratio_threshold=opts.compression_ratio_threshold,
+                ),
+                self._out_of_time,
             )
             results.append(result)
             too_repetitive = (
@@ -186,27 +208,55 @@ class TranscriptionJob:
             too_unlikely = (
                 opts.logprob_threshold is not None and result.avg_logprob < opts.logprob_threshold
             )
+            # as the reference decoder: "no speech" only excuses an unlikely result; a
+            # confident loop on noise still falls back
             silence = (
                 opts.no_speech_threshold is not None
                 and result.no_speech_prob > opts.no_speech_threshold
+                and (opts.logprob_threshold is None or too_unlikely)
             )
             if silence or not (too_repetitive or too_unlikely):
-                return result
+                return result, result.cut
+            if self._out_of_time():
+                logger.info("window at %.1f s: out of time after T=%.1f",
+                            self.seek / FRAMES_PER_SECOND, temperature)
+                break
             logger.debug(
                 "window at %d: retrying above T=%.1f (ratio %.2f, logprob %.2f)",
                 self.seek, temperature, result.compression_ratio, result.avg_logprob,
             )  # fmt: skip
         # every temperature failed: the most likely result that is not a repetition loop
-        sane = [
-            r
-            for r in results
-            if opts.compression_ratio_threshold is None
-            or r.compression_ratio <= opts.compression_ratio_threshold
-        ]
-        return max(sane or results, key=lambda r: r.avg_logprob)
+        threshold = opts.compression_ratio_threshold
+        sane = [r for r in results if threshold is None or r.compression_ratio <= threshold]
+        best = max(sane or results, key=lambda r: r.avg_logprob)
+        if threshold is not None and best.compression_ratio > threshold:
+            if opts.no_speech_threshold is not None and \
+                    best.no_speech_prob > opts.no_speech_threshold:
+                # a loop the model itself doubts is speech: noise, say nothing
+                return replace(best, tokens=[], text="", compression_ratio=0.0), True
+            return self._cut_loop(best, threshold), True
+        return best, best.cut
 
-    def _consume(self, result: DecodeResult, seek: int, segment_size: int) -> list[Segment]:
-        """Split the window's tokens into segments and move `seek` past what was used."""
+    def _cut_loop(self, result: DecodeResult, threshold: float) -> DecodeResult:
+        """`result` cut to its longest prefix that is not yet a repetition loop."""
+        tokens = result.tokens
+        lo, hi = 0, len(tokens)  # prefix lo passes the check, hi fails it
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if compression_ratio(self.tokenizer.decode(tokens[:mid])) <= threshold:
+                lo = mid
+            else:
+                hi = mid
+        text = self.tokenizer.decode(tokens[:lo])
+        logger.info("window at %.1f s: cut a repetition loop after %d of %d tokens",
+                    self.seek / FRAMES_PER_SECOND, lo, len(tokens))
+        return replace(result, tokens=tokens[:lo], text=text,
+                       compression_ratio=compression_ratio(text))
+
+    def _consume(self, result: DecodeResult, seek: int, segment_size: int,
+                 whole: bool = False) -> list[Segment]:
+        """Split the window's tokens into segments and move `seek` past what was used
+        (all of the window when `whole`: its tail is not decoded again)."""
         opts = self.options
         silent = (
             opts.no_speech_threshold is not None
@@ -220,7 +270,8 @@ class TranscriptionJob:
         tokens = result.tokens
         offset = seek / FRAMES_PER_SECOND
         is_ts = [t >= tb for t in tokens]
-        ends_single = len(tokens) >= 2 and is_ts[-1] and not is_ts[-2]
+        # a cut-short result keeps its unfinished last segment, as a clean ending would
+        ends_single = whole or (len(tokens) >= 2 and is_ts[-1] and not is_ts[-2])
         # a pair of consecutive timestamps closes one segment and opens the next
         cuts = [i + 1 for i in range(len(tokens) - 1) if is_ts[i] and is_ts[i + 1]]
         pieces: list[tuple[float, float, list[int]]] = []
@@ -231,6 +282,8 @@ class TranscriptionJob:
                 part = tokens[last:cut]
                 start = offset + (part[0] - tb) * TIME_PRECISION
                 end = offset + (part[-1] - tb) * TIME_PRECISION
+                if part[-1] < tb:  # a cut-short tail runs to the window's end
+                    end = offset + segment_size / FRAMES_PER_SECOND
                 pieces.append((start, end, part))
                 last = cut
             # unless the window ended cleanly, resume at the last closing timestamp
@@ -267,17 +320,22 @@ class TranscriptionJob:
             new.append(segment)
         self.segments.extend(new)
         self.all_tokens.extend(t for s in new for t in s.tokens)
-        if not opts.condition_on_previous_text or result.temperature > PROMPT_RESET_TEMPERATURE:
-            self.prompt_reset_since = len(self.all_tokens)
+        if not opts.condition_on_previous_text or whole or \
+                result.temperature > PROMPT_RESET_TEMPERATURE:
+            self.prompt_reset_since = len(self.all_tokens)  # don't prompt with a loop
         return new
 
 
 def _frame_peaks(audio: np.ndarray) -> np.ndarray:
     """Loudest |sample| of every 10 ms mel frame."""
-    n_frames = -(-len(audio) // HOP_LENGTH)
-    padded = np.zeros(n_frames * HOP_LENGTH, dtype=np.float32)
-    padded[: len(audio)] = np.abs(audio)
-    return padded.reshape(n_frames, HOP_LENGTH).max(axis=1)
+    full = len(audio) // HOP_LENGTH
+    peaks = np.zeros(-(-len(audio) // HOP_LENGTH), dtype=np.float32)
+    # max and -min of a view: no |audio| copy (460 MB for 2 h)
+    body = audio[: full * HOP_LENGTH].reshape(full, HOP_LENGTH)
+    peaks[:full] = np.maximum(body.max(axis=1, initial=0.0), -body.min(axis=1, initial=0.0))
+    if peaks.size > full:
+        peaks[full] = np.abs(audio[full * HOP_LENGTH :]).max()
+    return peaks
 
 
 def transcribe(
