@@ -6,6 +6,7 @@ reaches a client.
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -18,8 +19,14 @@ from app.protocol.errors import STATUS_TYPES, APIError, error_body
 
 logger = logging.getLogger(__name__)
 
+# pydantic names the member of a union a value failed in the error's location
+# ("prompt.str", "tool_choice.literal['none']", "content.list[TextPart]"): not a field
+UNION_TAG = re.compile(r"str|int|float|bool|dict|list|none|[A-Z]\w*|[a-z-]+\[.+\]")
+
+
 def _loc_to_param(loc: tuple[Any, ...]) -> str | None:
-    parts = [str(p) for p in loc if p not in ("body", "query", "header", "path")]
+    parts = [str(p) for p in loc if p not in ("body", "query", "header", "path")
+             and not (isinstance(p, str) and UNION_TAG.fullmatch(p))]
     if not parts:
         return None
     out = parts[0]

@@ -24,6 +24,7 @@ import numpy as np
 from app.engine.asr import AsrTask
 from app.engine.embed import EmbedTask
 from app.engine.kv_bridge import AdmissionRefused, RequestTooLarge
+from app.engine.memory import IdleRelease
 from app.engine.models import (
     ChatModelHandle,
     EmbeddingModelHandle,
@@ -67,6 +68,7 @@ class Engine:
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._dispatcher: Dispatcher | None = None
+        self._release = IdleRelease()
 
     # -- lifecycle ------------------------------------------------------------
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -185,7 +187,11 @@ class Engine:
         asr = self.models.asr
         while not self._stopping:
             try:
-                self._drain(block=not self._has_work())
+                if self._has_work():
+                    self._release.busy()
+                    self._drain(block=False)
+                elif not self._drain(block=True):
+                    self._release.idle()  # a whole IDLE_WAIT_SECONDS with nothing to do
                 chat_waiting = False
                 for runner in list(self.models.runners.values()):
                     if runner.has_work:
@@ -217,12 +223,13 @@ class Engine:
         return self.models.asr.has_work or self.models.embed.has_work or \
             any(r.has_work for r in self.models.runners.values())
 
-    def _drain(self, block: bool) -> None:
+    def _drain(self, block: bool) -> bool:
+        """Run the queued commands; False when there were none."""
         try:
             cmd = (self._commands.get(timeout=IDLE_WAIT_SECONDS) if block
                    else self._commands.get_nowait())
         except queue.Empty:
-            return
+            return False
         while True:
             try:
                 cmd()
@@ -231,7 +238,7 @@ class Engine:
             try:
                 cmd = self._commands.get_nowait()
             except queue.Empty:
-                return
+                return True
 
     def _admit(self, req: GenerationRequest, stream: RequestStream) -> None:
         runner = self.models.runner_for(req.model_id)

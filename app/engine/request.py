@@ -20,10 +20,14 @@ def next_request_id() -> int:
     return next(_ids)
 
 
+MIN_TEMPERATURE = 1e-6
+"""Temperatures below this are greedy."""
+
+
 @dataclass(slots=True)
 class SamplingParams:
     temperature: float = 1.0
-    """0 means greedy."""
+    """0 (below MIN_TEMPERATURE) means greedy."""
     top_p: float = 1.0
     top_k: int = 0
     """0 disables top-k."""
@@ -38,7 +42,9 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature <= 0.0
+        # A tiny temperature samples the argmax anyway, and logits / 1e-40 overflow float32
+        # (a sample of infinities is token 0, not the likeliest one)
+        return self.temperature < MIN_TEMPERATURE
 
 
 class TokenConstraint(Protocol):

@@ -120,9 +120,10 @@ def _filter(logits: mx.array, p: SamplingParams) -> mx.array:
     if p.top_p < 1.0:
         order = mx.argsort(-logits)
         sorted_probs = mx.softmax(logits[order])
-        # keep a token if the mass before it is below top_p (the first is always kept)
+        # keep a token if the mass before it is below top_p, and always the first (a top_p
+        # like 5e-324 is 0 in float32 and would keep nothing: token 0 every step)
         before = mx.cumsum(sorted_probs) - sorted_probs
-        keep_sorted = before < p.top_p
+        keep_sorted = (before < p.top_p) | (mx.arange(before.shape[0]) == 0)
         keep = mx.zeros_like(keep_sorted)
         keep[order] = keep_sorted
         logits = mx.where(keep, logits, NEG_INF)

@@ -5,13 +5,16 @@ from __future__ import annotations
 import logging
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from app.protocol.sampling import GenerationFields
 
 logger = logging.getLogger(__name__)
 
 MAX_TOP_LOGPROBS = 20
+# What the server itself passes to the chat template: chat_template_kwargs may not set them
+RESERVED_TEMPLATE_VARIABLES = ("messages", "add_generation_prompt", "tools", "bos_token",
+                               "eos_token", "tokenize")
 
 
 class TextPart(BaseModel):
@@ -126,6 +129,15 @@ class ChatCompletionRequest(GenerationFields):
     """Variables for the chat template, e.g. {"enable_thinking": false} for Qwen3."""
     tool_choice: ToolChoice | None = None
     parallel_tool_calls: bool = True
+
+    @field_validator("chat_template_kwargs")
+    @classmethod
+    def _not_reserved(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        reserved = sorted(set(v or {}) & set(RESERVED_TEMPLATE_VARIABLES))
+        if reserved:
+            raise ValueError(f"may not set {', '.join(reserved)} (the server sets them from "
+                             "the request)")
+        return v
 
     @model_validator(mode="after")
     def _check(self) -> ChatCompletionRequest:

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+import jinja2
 from starlette.concurrency import run_in_threadpool
 
 from app.engine.engine import Engine
@@ -50,6 +51,7 @@ from app.serving.tenancy import SHARED, CacheScope
 from app.serving.tools import ToolPlan
 from app.serving.tools import plan as tool_plan
 from app.settings import Settings
+from app.text.chat_template import ChatTemplateError
 from app.text.reply_parser import THINK_OPEN, ReplyParser
 
 logger = logging.getLogger(__name__)
@@ -137,8 +139,13 @@ class ChatService:
             text = handle.tokenizer.apply_chat_template(
                 tools.messages, add_generation_prompt=True, tools=tools.template_tools,
                 **variables)
-        except Exception as exc:  # template errors (raise_exception) are the client's input
+        except (ChatTemplateError, jinja2.TemplateError) as exc:
+            # template errors (raise_exception) are the client's input
             raise APIError(400, f"chat template error: {exc}", param="messages") from exc
+        except Exception as exc:  # a renderer's own failure: its text would name internals
+            logger.warning("chat template failed: %r", exc)
+            raise APIError(400, "chat template error: the template cannot render this request",
+                           param="messages") from exc
         thinking = text.rstrip().endswith(THINK_OPEN)
         return handle.tokenizer.encode(text, add_special_tokens=False), thinking
 

@@ -28,7 +28,7 @@ SAMPLE_RATE = 16_000
 MAX_AUDIO_SECONDS = 75
 WINDOW_SECONDS = 3  # engine seconds per 30 s window: noise windows hit it
 MAX_CHAT_GAP = 0.5  # seconds between a chat stream's chunks while speech is transcribed
-NOISE_SECONDS = 60  # two windows
+NOISE_SECONDS = 70  # three windows, under MAX_AUDIO_SECONDS
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +104,7 @@ async def test_chat_is_not_held_behind_looping_noise(limited: Server) -> None:
         t_asr = time.monotonic()
         asr = asyncio.create_task(http.post(limited.api + "/audio/transcriptions",
                                             files={"file": ("noise.wav", _noise())}))
-        await asyncio.sleep(1.5)  # decoded and well into its first window, alone
+        await asyncio.sleep(0.6)  # decoded (~0.2 s) and into its first window, alone
         assert not asr.done()
         t0 = time.monotonic()
         body = {"model": "smollm2", "stream": True, "max_tokens": 2000, "temperature": 0.8,
@@ -121,10 +121,10 @@ async def test_chat_is_not_held_behind_looping_noise(limited: Server) -> None:
         r = await asr
         t1 = time.monotonic()
     assert r.status_code == 200, r.text
-    # two windows of at most WINDOW_SECONDS of work each (+ one unit), sharing with chat
-    assert t1 - t_asr < 6 * WINDOW_SECONDS + 10, f"noise took {t1 - t_asr:.1f}s"
+    # three windows of at most WINDOW_SECONDS of work each (+ one unit), sharing with chat
+    assert t1 - t_asr < 9 * WINDOW_SECONDS + 10, f"noise took {t1 - t_asr:.1f}s"
     assert stamps[0] - t0 < 1.0, f"chat's first chunk came {stamps[0] - t0:.2f}s late"
-    assert chat_ended or len(stamps) >= 10, f"{len(stamps)} chunks in {t1 - t0:.1f}s"
+    assert chat_ended or len(stamps) >= 8, f"{len(stamps)} chunks in {t1 - t0:.1f}s"
     gaps = np.diff(stamps)
     assert gaps.max() <= MAX_CHAT_GAP, f"chat waited {gaps.max():.2f}s behind the noise"
 
@@ -132,7 +132,7 @@ async def test_chat_is_not_held_behind_looping_noise(limited: Server) -> None:
 def test_noise_does_not_come_back_as_a_loop(limited: Server) -> None:
     """Quiet hiss that tiny.en turns into one sentence repeated to the token limit: the
     loop is retried, then dropped (the model doubts it is speech) or cut short."""
-    hiss = _wav(np.random.default_rng(0).standard_normal(NOISE_SECONDS * SAMPLE_RATE) * 0.1)
+    hiss = _wav(np.random.default_rng(0).standard_normal(60 * SAMPLE_RATE) * 0.1)
     text = _post(limited, hiss).json()["text"]
     raw = text.encode()
     assert not raw or len(raw) / len(zlib.compress(raw)) <= 2.4, text[:300]
@@ -172,7 +172,7 @@ def test_hang_up_frees_the_engine(limited: Server, stream: bool) -> None:
     sock = _raw_request(limited, _noise(), **({"stream": "true"} if stream else {}))
     if stream:  # the status line comes once the engine has admitted the job
         assert sock.recv(64).startswith(b"HTTP/1.1 200")
-    time.sleep(1.5)  # the job is well into its first window (~6 s of work in all)
+    time.sleep(1.0)  # the job is into its first window (~3 s of work in all)
     sock.close()
     deadline = time.monotonic() + 2.0
     while _aborts(limited) == aborts:

@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from app.engine.engine import IDLE_WAIT_SECONDS
 from tests.harness import Server, run_server
 
 STREAMS = 32
@@ -78,5 +79,6 @@ def test_streams_with_disconnects_leave_nothing_behind(tmp_path: Path) -> None:
             while engine_sequences(srv) and time.monotonic() < deadline:
                 time.sleep(0.2)
             assert engine_sequences(srv) == 0
+            time.sleep(2 * IDLE_WAIT_SECONDS)  # the idle engine gives cached memory back
             rss.append(rss_bytes(srv))
         assert max(rss[1:]) <= rss[0] * 1.10, rss

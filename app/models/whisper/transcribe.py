@@ -77,6 +77,7 @@ class TranscriptionJob:
         self._window: Steps[list[Segment]] | None = None  # the window in progress
         self._window_spent = 0.0  # seconds of step() spent on it before this slice
         self._slice_start = 0.0
+        self._overdue = False  # it ran out of time
 
     def _resolve_language(self, language: str | None) -> str | None:
         if language is None:
@@ -106,6 +107,7 @@ class TranscriptionJob:
                 return []
             self._window = self._next_window()
             self._window_spent = 0.0
+            self._overdue = False
         self._slice_start = time.perf_counter()
         deadline = None if budget_s is None else self._slice_start + budget_s
         try:
@@ -124,7 +126,11 @@ class TranscriptionJob:
         not the chat steps run between its slices)."""
         limit = self.options.window_time_limit
         spent = self._window_spent + time.perf_counter() - self._slice_start
-        return limit is not None and spent > limit
+        if limit is not None and spent > limit and not self._overdue:
+            self._overdue = True
+            logger.info("window at %.1f s: out of time (%.1f s of work)",
+                        self.seek / FRAMES_PER_SECOND, spent)
+        return self._overdue
 
     def _next_window(self) -> Steps[list[Segment]]:
         model = self.bundle.model
@@ -218,8 +224,6 @@ class TranscriptionJob:
             if silence or not (too_repetitive or too_unlikely):
                 return result, result.cut
             if self._out_of_time():
-                logger.info("window at %.1f s: out of time after T=%.1f",
-                            self.seek / FRAMES_PER_SECOND, temperature)
                 break
             logger.debug(
                 "window at %d: retrying above T=%.1f (ratio %.2f, logprob %.2f)",
