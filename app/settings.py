@@ -49,6 +49,11 @@ class Settings(BaseSettings):
     and SwiGLU in mlx-lm, numpy decode steps for Llama-family chat models, numpy GELU/softmax,
     logits and decode steps for Whisper (chosen per model at load, app/accel/choose.py);
     False = MLX's and mlx-lm's own ops throughout, every model."""
+    cpu_quantized_weights: bool = True
+    """With cpu_fast_kernels on an x86 CPU: a GGUF's Q4_0/Q4_1/Q8_0 weights stay quantized
+    (decode steps read the packed bytes through app/accel/cpu/quantized.py, prefill
+    dequantizes one layer at a time); False = widened to float32 at load (faster prefill,
+    ~5x the memory, slower decode)."""
     kv_cache: bool = True
     """Keep KV caches resident between requests (prefix reuse, sessions); False = always cold."""
     kv_budget_bytes: int | None = None

@@ -28,6 +28,8 @@ mlx_extra() {
 install_apt_packages() {
     [[ "$(uname -s)" == "Linux" ]] || return 0
     local want=(libopenblas0-pthread)
+    # a C compiler builds the CPU's quantized kernels at first use (app/accel/cpu/native/)
+    command -v cc >/dev/null 2>&1 || want+=(gcc libc6-dev)
     if [[ "$WANT_DEV" == "dev" ]]; then want+=(pocketsphinx-testdata); fi
     local missing=()
     for p in "${want[@]}"; do

@@ -3,7 +3,10 @@
 On an x86 CPU under `mlx[cpu]` with `Settings.cpu_fast_kernels` on:
 - chat models: mlx-lm's attention and SwiGLU go to the polynomial-exp kernels
   (mlx_lm_patch.py; process-wide), and decode steps run in numpy with panel matmuls
-  where `CpuLlamaDecoder` covers the model (`LoadedChatModel.decode_step`);
+  where `CpuLlamaDecoder` covers the model (`LoadedChatModel.decode_step`); 4/8-bit
+  weights (a GGUF's Q4_0/Q4_1/Q8_0 kept packed, `cpu_keeps_quantized`; MLX quantized
+  folders) decode through the C kernels of quantized.py and prefill by dequantizing one
+  layer at a time (quantized_prefill.py);
 - Whisper: decoder weights input-major, GELU and the encoder's softmax in numpy, the
   logits projection and decode steps through panels (`Whisper.use_ops`).
 Everywhere else (Metal, CUDA, or the setting off) models keep MLX's own ops; a chat
@@ -14,7 +17,7 @@ from __future__ import annotations
 
 import logging
 
-from app.accel.cpu import mlx_lm_patch, whisper_ops
+from app.accel.cpu import mlx_lm_patch, quantized, quantized_prefill, whisper_ops
 from app.accel.cpu.bert_encoder import NumpyBertEncoder
 from app.accel.cpu.llama_decoder import CpuLlamaDecoder
 from app.accel.cpu.whisper_decoder import NumpyTextDecoder
@@ -34,17 +37,27 @@ def cpu_acceleration_wanted(settings: Settings) -> bool:
     return settings.cpu_fast_kernels and on_cpu()
 
 
+def cpu_keeps_quantized(settings: Settings) -> bool:
+    """Whether a loader should keep 4/8-bit weights packed on this CPU: our kernels for
+    them exist here (built at first call)."""
+    return cpu_acceleration_wanted(settings) and settings.cpu_quantized_weights and \
+        quantized.available()
+
+
 def accelerate_chat(loaded: LoadedChatModel, settings: Settings) -> str:
     """Choose `loaded`'s compute paths (sets `decode_step` and `acceleration`); returns
     the description that `acceleration` now holds."""
     loaded.decode_step = None
     if not cpu_acceleration_wanted(settings):
         mlx_lm_patch.uninstall()
+        quantized_prefill.uninstall(loaded.model)
         loaded.acceleration = MLX_ONLY
         return loaded.acceleration
     parts = []
     if mlx_lm_patch.install():
         parts.append("cpu kernels")
+    if quantized_prefill.install(loaded.model):
+        parts.append("dequantizing prefill")
     loaded.decode_step = CpuLlamaDecoder.build(loaded.model)
     if loaded.decode_step is not None:
         parts.append("numpy decode steps")

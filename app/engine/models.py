@@ -15,7 +15,12 @@ from pathlib import Path
 
 import mlx.core as mx
 
-from app.accel.choose import accelerate_chat, accelerate_embedding, accelerate_whisper
+from app.accel.choose import (
+    accelerate_chat,
+    accelerate_embedding,
+    accelerate_whisper,
+    cpu_keeps_quantized,
+)
 from app.engine import forward
 from app.engine.asr import AsrQueue
 from app.engine.embed import EmbedQueue
@@ -74,7 +79,8 @@ def load_chat_model(spec: ModelSpec, settings: Settings) -> LoadedChatModel:
     if path.suffix == ".gguf" or _is_gguf(path):
         from app.models.gguf import load_gguf
 
-        loaded = load_gguf(path, dtype=spec.dtype, context_length=spec.context_length)
+        loaded = load_gguf(path, dtype=spec.dtype, context_length=spec.context_length,
+                           cpu_quantized=cpu_keeps_quantized(settings))
     else:
         from app.models.hf import load_hf
 

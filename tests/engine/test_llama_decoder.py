@@ -20,12 +20,21 @@ pytestmark = pytest.mark.skipif(mx.default_device() != mx.cpu,
                                 reason="numpy decode steps run on the CPU only")
 
 
-@pytest.fixture(scope="module", params=["llama", "qwen2", "qwen3", "llama3"])
+# "-q4"/"-q8": the same model quantized (MLX's affine format, groups of 32 or 64), its
+# decode steps through the C kernels; the reference is MLX's own quantized forward
+@pytest.fixture(scope="module", params=["llama", "qwen2", "qwen3", "llama3", "llama-q4",
+                                        "qwen2-q8", "qwen3-q4"])
 def model(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Any:
-    if request.param != "llama":
-        return random_model(request.param)
-    # 4 layers, prompts long enough that decoding crosses the cache's 256-slot growth
-    return load_hf(build_tiny_llama(tmp_path_factory.mktemp("tiny"), layers=4)).model
+    kind, _, bits = request.param.partition("-q")
+    if kind != "llama":
+        m = random_model(kind)
+    else:
+        # 4 layers, prompts long enough that decoding crosses the cache's 256-slot growth
+        m = load_hf(build_tiny_llama(tmp_path_factory.mktemp("tiny"), layers=4)).model
+    if bits:
+        nn.quantize(m, group_size=64 if bits == "8" else 32, bits=int(bits))
+        assert any(isinstance(x, nn.QuantizedEmbedding) for _, x in m.named_modules())
+    return m
 
 
 def _batch(model: Any, prompts: list[list[int]]) -> list[BatchKVCache]:
@@ -98,9 +107,9 @@ def test_writes_never_reach_arrays_that_share_the_buffer(model: Any) -> None:
 
 
 def test_models_it_cannot_reproduce_keep_the_mlx_path(tmp_path: Path) -> None:
-    quantized = load_hf(build_tiny_llama(tmp_path / "q")).model
-    nn.quantize(quantized, group_size=32, bits=8)
-    assert CpuLlamaDecoder.build(quantized) is None
+    three_bit = load_hf(build_tiny_llama(tmp_path / "q")).model
+    nn.quantize(three_bit, group_size=32, bits=3)
+    assert CpuLlamaDecoder.build(three_bit) is None
     traditional = load_hf(build_tiny_llama(tmp_path / "t")).model
     for layer in traditional.model.layers:
         layer.self_attn.rope.traditional = True
@@ -109,5 +118,7 @@ def test_models_it_cannot_reproduce_keep_the_mlx_path(tmp_path: Path) -> None:
 
 def test_no_panel_copy_without_the_memory_for_it(model: Any) -> None:
     weights = sum(v.nbytes for _, v in tree_flatten(model.parameters()))
-    assert CpuLlamaDecoder.build(model, available=2 * weights) is None
+    quantized = any(isinstance(m, nn.QuantizedLinear) for _, m in model.named_modules())
+    # quantized weights are read where they lie: no copy, nothing to fit
+    assert (CpuLlamaDecoder.build(model, available=2 * weights) is None) != quantized
     assert CpuLlamaDecoder.build(model, available=8 * weights) is not None

@@ -28,12 +28,14 @@ from typing import Any
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
-from mlx.utils import tree_flatten
 from mlx_lm.models.cache import BatchKVCache
 from mlx_lm.models.rope_utils import Llama3RoPE
 
+from app.accel.cpu import quantized
 from app.accel.cpu.kernels import softmax_np_
 from app.accel.cpu.panels import PanelMatmul
+from app.accel.cpu.quantized import QuantizedMatmul, QuantizedWeight
+from app.accel.cpu.quantized_prefill import SWAPS
 from app.kv.sizing import meminfo_available
 
 logger = logging.getLogger(__name__)
@@ -43,17 +45,21 @@ SUPPORTED_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 MAX_ROWS = 8  # panels are sized for up to this many rows (more still work, a little slower)
 MAX_MEMORY_FRACTION = 0.25  # of MemAvailable, for the panel copy of the weights
 MASKED = np.float32(-1e30)
+QUANTIZED_TYPES = (*SWAPS, *SWAPS.values())  # MLX's, and ours for prefill
 OWNED_ATTR = "_mlxd_owned"  # set on a BatchKVCache: the K/V arrays we may write into
+
+
+Matmul = PanelMatmul | QuantizedMatmul
 
 
 @dataclass(slots=True)
 class _Layer:
     attn_norm: np.ndarray
-    qkv: PanelMatmul  # q | k | v, one read of the input
-    out: PanelMatmul
+    qkv: Matmul  # q | k | v, one read of the input
+    out: Matmul
     mlp_norm: np.ndarray
-    gate_up: PanelMatmul  # gate | up
-    down: PanelMatmul
+    gate_up: Matmul  # gate | up
+    down: Matmul
     head_norms: tuple[np.ndarray, np.ndarray, np.float32] | None = None
     """qwen3: RMSNorm weights of each q head and each k head, and their eps."""
 
@@ -70,11 +76,12 @@ class CpuLlamaDecoder:
         self.scale = np.float32(attn.scale)
         self.eps = np.float32(args.rms_norm_eps)
         self.inv_freq, self.rope_scale = _rope_frequencies(attn.rope, self.head_dim)
-        self.embedding = _f32(body.embed_tokens.weight)
+        embed = body.embed_tokens
+        self.embedding: np.ndarray | QuantizedWeight = \
+            QuantizedWeight.of(embed) if _is_quantized(embed) else _f32(embed.weight)
         self.norm = _f32(body.norm.weight)
         self.layers = [self._layer(block) for block in body.layers]
-        head = body.embed_tokens.weight if args.tie_word_embeddings else model.lm_head.weight
-        self.head = PanelMatmul(_f32(head).T, max_rows=MAX_ROWS)
+        self.head = _stacked([embed if args.tie_word_embeddings else model.lm_head])
 
     @staticmethod
     def build(model: Any, available: int | None = None) -> CpuLlamaDecoder | None:
@@ -82,17 +89,24 @@ class CpuLlamaDecoder:
         `available`: bytes of memory free for the copy (default: MemAvailable)."""
         reason = _unsupported(model)
         if reason is None:
-            weights = sum(int(getattr(item[1], "nbytes", 0))
-                          for item in tree_flatten(model.parameters()))
+            copied = _panel_bytes(model)
             free = available if available is not None else meminfo_available()
-            if free is None or weights > MAX_MEMORY_FRACTION * free:
-                reason = (f"a {weights / (1 << 20):.0f} MiB panel copy of the weights does "
+            if copied and (free is None or copied > MAX_MEMORY_FRACTION * free):
+                reason = (f"a {copied / (1 << 20):.0f} MiB panel copy of the weights does "
                           f"not fit in a quarter of the free memory")
         if reason:
             logger.info("numpy decode steps off for this model: %s", reason)
             return None
-        logger.info("decode steps in numpy with panel matmuls (CPU)")
-        return CpuLlamaDecoder(model)
+        decoder = CpuLlamaDecoder(model)
+        logger.info("decode steps in numpy: %s", decoder.describe())
+        return decoder
+
+    def describe(self) -> str:
+        mats = [self.head] + [m for la in self.layers for m in (la.qkv, la.out, la.gate_up,
+                                                                 la.down)]
+        kinds = sorted({f"{m.bits}-bit kernel" if isinstance(m, QuantizedMatmul)
+                        else "float32 panels" for m in mats})
+        return " and ".join(kinds)
 
     def _layer(self, block: Any) -> _Layer:
         a, m = block.self_attn, block.mlp
@@ -131,7 +145,8 @@ class CpuLlamaDecoder:
         # left padding: row b's keys before valid_from[b] are not attended to
         mask = np.where(np.arange(end)[None, :] < valid_from[:, None], MASKED, np.float32(0))
         mask = mask[:, None, None, :]  # [B, 1, 1, end]
-        x = self.embedding[tokens]
+        x = (self.embedding.rows(tokens) if isinstance(self.embedding, QuantizedWeight)
+             else self.embedding[tokens])
         for layer, cache in zip(self.layers, caches, strict=True):
             keys, values = _buffers(cache)
             x = x + self._attention(layer, _rms_norm(x, layer.attn_norm, self.eps),
@@ -186,7 +201,16 @@ def _unsupported(model: Any) -> str | None:
         return f"RoPE variant {type(rope).__name__}"
     for name, module in model.named_modules():
         if isinstance(module, nn.QuantizedLinear | nn.QuantizedEmbedding):
-            return f"{name} is quantized"
+            if type(module) not in QUANTIZED_TYPES or \
+                    getattr(module, "mode", "affine") != "affine":
+                return f"{name} is {type(module).__name__}"
+            n_in = module.weight.shape[-1] * 32 // module.bits
+            if not quantized.supported(module.bits, module.group_size, n_in):
+                return f"{name} is quantized to {module.bits} bits in groups of " \
+                       f"{module.group_size}"
+            if not quantized.available():
+                return f"{name} is quantized and the CPU kernels could not be built"
+            continue
         if isinstance(module, nn.Linear) and type(module) is not nn.Linear:
             return f"{name} is {type(module).__name__}"
         if isinstance(module, nn.Linear | nn.Embedding) and module.weight.dtype != mx.float32:
@@ -236,15 +260,43 @@ def _head_dim(attn: Any) -> int:
 
 
 def _f32(a: mx.array) -> np.ndarray:
-    return np.asarray(a, dtype=np.float32)
+    return np.asarray(a if a.dtype == mx.float32 else a.astype(mx.float32))
 
 
-def _stacked(linears: list[nn.Linear]) -> PanelMatmul:
-    """Several projections of one input as one [in, sum(out)] matmul."""
+def _is_quantized(module: Any) -> bool:
+    return isinstance(module, nn.QuantizedLinear | nn.QuantizedEmbedding)
+
+
+def _panel_bytes(model: Any) -> int:
+    """Bytes the float32 panels copy (quantized weights are read where they lie)."""
+    return sum(int(m.weight.nbytes) for _, m in model.named_modules()
+               if isinstance(m, nn.Linear | nn.Embedding) and not _is_quantized(m))
+
+
+def _stacked(linears: list[Any]) -> Matmul:
+    """Several projections of one input as one [in, sum(out)] matmul (an Embedding as
+    the tied output projection)."""
+    if all(_is_quantized(m) for m in linears) and \
+            len({(m.bits, m.group_size) for m in linears}) == 1:
+        return QuantizedMatmul.of(*linears)
+    linears = [_float_linear(m) for m in linears]
     weight = np.concatenate([_f32(m.weight) for m in linears], axis=0).T
     biases = [_f32(m.bias) for m in linears if "bias" in m]
     bias = np.concatenate(biases) if len(biases) == len(linears) else None
     return PanelMatmul(weight, bias, max_rows=MAX_ROWS)
+
+
+def _float_linear(module: Any) -> Any:
+    """A float32 stand-in of a quantized module (a mixed stack; rare), else `module`."""
+    if not _is_quantized(module):
+        return module
+    w = mx.dequantize(module.weight, module.scales, module.biases,
+                      group_size=module.group_size, bits=module.bits).astype(mx.float32)
+    stand_in = nn.Linear(w.shape[1], w.shape[0], bias="bias" in module)
+    stand_in.weight = w
+    if "bias" in module:
+        stand_in.bias = module.bias
+    return stand_in
 
 
 def _rms_norm(x: np.ndarray, weight: np.ndarray, eps: np.float32) -> np.ndarray:

@@ -56,20 +56,23 @@ LAYER_TENSORS = {
 }
 
 
-def resolve_dtype(requested: str | None, file_dtype: mx.Dtype) -> tuple[str, bool]:
+def resolve_dtype(requested: str | None, file_dtype: mx.Dtype,
+                  cpu_quantized: bool = False) -> tuple[str, bool]:
     """(compute dtype name, keep quantized tensors quantized).
 
-    On the CPU, float32 and dequantized: MLX's quantized and half-precision matmuls run
-    10-30x slower there than float32 through OpenBLAS. On a GPU, quantized stays quantized
-    (less memory traffic per token) and the rest runs in the file's half type. An explicit
-    `requested` dtype (other than "auto") dequantizes everything to it.
+    On the CPU, float32: MLX's half-precision matmuls run 10-30x slower there than float32
+    through OpenBLAS, and so do its quantized ones, so quantized tensors stay quantized only
+    when the caller has CPU kernels for them (`cpu_quantized`) and are dequantized otherwise.
+    On a GPU, quantized stays quantized (less memory traffic per token) and the rest runs in
+    the file's half type. An explicit `requested` dtype (other than "auto") dequantizes
+    everything to it.
     """
     if requested is not None and requested != AUTO_DTYPE:
         if requested not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {requested!r}")
         return requested, False
     if on_cpu():
-        return "float32", False
+        return "float32", cpu_quantized
     return ("bfloat16" if file_dtype == mx.bfloat16 else "float16"), True
 
 
@@ -299,9 +302,11 @@ def fingerprint(path: Path, tensors: dict[str, mx.array], dtype: str, template: 
 
 
 def load_gguf(
-    path: str | Path, *, dtype: str | None = None, context_length: int | None = None
+    path: str | Path, *, dtype: str | None = None, context_length: int | None = None,
+    cpu_quantized: bool = False,
 ) -> LoadedChatModel:
-    """Load a Llama-architecture GGUF as a chat model (see `resolve_dtype` for the dtype)."""
+    """Load a Llama-architecture GGUF as a chat model (see `resolve_dtype` for the dtype;
+    `cpu_quantized`: the caller decodes quantized weights on the CPU)."""
     start = time.perf_counter()
     path = Path(path)
     tensors, metadata = read_gguf(path)
@@ -312,7 +317,7 @@ def load_gguf(
 
     embed = weights["model.embed_tokens.weight"]
     file_dtype = weights.get("model.embed_tokens.scales", embed).dtype
-    dtype_name, keep_quantized = resolve_dtype(dtype, file_dtype)
+    dtype_name, keep_quantized = resolve_dtype(dtype, file_dtype, cpu_quantized)
     n_params = count_parameters(weights)
     quantized = bool(quantized_layers(weights))
     digest = fingerprint(path, tensors, dtype_name, tokenizer.chat_template or "")

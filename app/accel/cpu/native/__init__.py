@@ -1,0 +1,106 @@
+"""C kernels of the CPU wing, compiled for this machine at first use.
+
+`-march=native` code cannot ship in a wheel that runs everywhere, and the kernels are a
+few hundred lines: the C source ships with the package and the system compiler builds it
+into a per-user cache the first time a model needs it (~1 s), keyed by the source, the
+compiler and the CPU's flags. No compiler, or a failed build: `library()` returns None
+(logged once) and callers keep their numpy/MLX path.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("qmatmul.c")
+FLAGS = ("-O3", "-march=native", "-shared", "-fPIC", "-std=c11")
+COMPILE_TIMEOUT = 120.0
+_UNSET = object()
+_lib: object = _UNSET
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("MLXD_NATIVE_CACHE") or os.environ.get("XDG_CACHE_HOME")
+    return Path(base) / "mlxd-native" if base else Path.home() / ".cache" / "mlxd-native"
+
+
+def _cpu_flags() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return line
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _compiler() -> str | None:
+    for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
+        if name and shutil.which(name):
+            return name
+    return None
+
+
+def _build(cc: str) -> Path:
+    key = hashlib.sha256()
+    for part in (SOURCE.read_bytes(), cc.encode(), " ".join(FLAGS).encode(),
+                 platform.machine().encode(), _cpu_flags().encode()):
+        key.update(part)
+        key.update(b"\0")
+    target = cache_dir() / f"qmatmul-{key.hexdigest()[:16]}.so"
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # build beside the target, then rename: a concurrent process sees all of it or nothing
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    os.close(fd)
+    try:
+        subprocess.run([cc, *FLAGS, "-o", tmp, str(SOURCE)], check=True,
+                       capture_output=True, timeout=COMPILE_TIMEOUT)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
+
+
+def library() -> ctypes.CDLL | None:
+    """The compiled kernels (built on first call), or None where they cannot be had."""
+    global _lib
+    if _lib is not _UNSET:
+        return _lib  # type: ignore[return-value]
+    _lib = None
+    cc = _compiler()
+    if cc is None:
+        logger.info("no C compiler: quantized CPU kernels unavailable")
+        return None
+    try:
+        lib = ctypes.CDLL(str(_build(cc)))
+    except (OSError, subprocess.SubprocessError) as exc:
+        detail = getattr(exc, "stderr", b"") or b""
+        logger.warning("building the CPU kernels failed (%s) %s", exc,
+                       detail.decode(errors="replace")[-500:])
+        return None
+    _declare(lib)
+    _lib = lib
+    logger.info("CPU kernels built for this machine (%s, %d-bit vectors)", cc, lib.qmatmul_isa())
+    return lib
+
+
+def _declare(lib: ctypes.CDLL) -> None:
+    f32 = ctypes.POINTER(ctypes.c_float)
+    u32 = ctypes.POINTER(ctypes.c_uint32)
+    i = ctypes.c_int
+    lib.qmatmul.argtypes = [f32, i, i, u32, f32, f32, i, i, f32, i, i, i]
+    lib.qmatmul.restype = i
+    lib.qmatmul_isa.argtypes = []
+    lib.qmatmul_isa.restype = i

@@ -1,0 +1,146 @@
+/* Few-row matmuls against MLX-quantized weights, read as they lie in memory.
+ *
+ * MLX's affine quantization (mx.quantize; a GGUF's Q4_0/Q4_1/Q8_0 load into it exactly)
+ * stores a weight [N, K] as packed uint32 words, row by row, element i of a word in bits
+ * [bits*i, bits*(i+1)), and one float scale and bias per group of G inputs:
+ * w[n, k] = scale[n, k/G] * q[n, k] + bias[n, k/G].
+ *
+ * y[r, n] = sum_k x[r, k] * w[n, k] for n in [n0, n1): each weight group is unpacked
+ * and dequantized into registers once and multiplied into up to ROW_TILE rows of x, so a
+ * decode step reads the packed bytes (a quarter or an eighth of float32's) once.
+ *
+ * 4-bit: a byte holds elements 2j (low nibble) and 2j+1 (high nibble). The caller passes x
+ * with each 32-element chunk reordered as its 16 even elements then its 16 odd ones, so the
+ * unpacked low and high nibbles meet their inputs with plain vector loads. 8-bit: x in order.
+ *
+ * Built at first use with the machine's own flags (-march=native) by native.py; the AVX-512
+ * and AVX2 paths are chosen by the compiler's macros, with a scalar one for anything else.
+ */
+#include <stdint.h>
+#include <string.h>
+
+#if defined(__AVX512F__) || defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
+#define ROW_TILE 8
+#define CHUNK 32
+
+int qmatmul_isa(void) {
+#if defined(__AVX512F__)
+    return 512;
+#elif defined(__AVX2__) && defined(__FMA__)
+    return 256;
+#else
+    return 0;
+#endif
+}
+
+/* Rows [0, rows) of one tile, rows <= ROW_TILE; x rows are K floats apart, y rows ldy. */
+static void tile(const float *x, int rows, int K, const uint8_t *w, const float *scales,
+                 const float *biases, int G, int bits, float *y, int ldy, int n0, int n1) {
+    const int row_bytes = K * bits / 8;
+    const int groups = K / G;
+    for (int n = n0; n < n1; n++) {
+        const uint8_t *wn = w + (int64_t)n * row_bytes;
+        const float *sn = scales + (int64_t)n * groups;
+        const float *bn = biases + (int64_t)n * groups;
+#if defined(__AVX512F__)
+        __m512 acc[ROW_TILE];
+        for (int r = 0; r < rows; r++) acc[r] = _mm512_setzero_ps();
+        for (int k = 0; k < K; k += CHUNK) {
+            const __m512 s = _mm512_set1_ps(sn[k / G]);
+            const __m512 b = _mm512_set1_ps(bn[k / G]);
+            __m512 wa, wb;
+            if (bits == 4) {
+                const __m512i e = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(wn + k / 2)));
+                const __m512i lo = _mm512_and_si512(e, _mm512_set1_epi32(0xF));
+                const __m512i hi = _mm512_srli_epi32(e, 4);
+                wa = _mm512_fmadd_ps(_mm512_cvtepi32_ps(lo), s, b);
+                wb = _mm512_fmadd_ps(_mm512_cvtepi32_ps(hi), s, b);
+            } else {
+                const __m512i e0 = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(wn + k)));
+                const __m512i e1 = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(wn + k + 16)));
+                wa = _mm512_fmadd_ps(_mm512_cvtepi32_ps(e0), s, b);
+                wb = _mm512_fmadd_ps(_mm512_cvtepi32_ps(e1), s, b);
+            }
+            for (int r = 0; r < rows; r++) {
+                const float *xr = x + (int64_t)r * K + k;
+                acc[r] = _mm512_fmadd_ps(wa, _mm512_loadu_ps(xr), acc[r]);
+                acc[r] = _mm512_fmadd_ps(wb, _mm512_loadu_ps(xr + 16), acc[r]);
+            }
+        }
+        for (int r = 0; r < rows; r++) y[(int64_t)r * ldy + n] = _mm512_reduce_add_ps(acc[r]);
+#elif defined(__AVX2__) && defined(__FMA__)
+        __m256 acc[ROW_TILE];
+        for (int r = 0; r < rows; r++) acc[r] = _mm256_setzero_ps();
+        for (int k = 0; k < K; k += CHUNK) {
+            const __m256 s = _mm256_set1_ps(sn[k / G]);
+            const __m256 b = _mm256_set1_ps(bn[k / G]);
+            __m256 wv[4];  /* the chunk's 32 weights in x's order, 8 at a time */
+            if (bits == 4) {
+                for (int h = 0; h < 2; h++) {  /* bytes 8h..8h+7: evens 8h.., odds 16+8h.. */
+                    const __m256i e = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(wn + k / 2 + 8 * h)));
+                    const __m256i lo = _mm256_and_si256(e, _mm256_set1_epi32(0xF));
+                    const __m256i hi = _mm256_srli_epi32(e, 4);
+                    wv[h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(lo), s, b);
+                    wv[2 + h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(hi), s, b);
+                }
+            } else {
+                for (int h = 0; h < 4; h++) {
+                    const __m256i e = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(wn + k + 8 * h)));
+                    wv[h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(e), s, b);
+                }
+            }
+            for (int r = 0; r < rows; r++) {
+                const float *xr = x + (int64_t)r * K + k;
+                for (int h = 0; h < 4; h++)
+                    acc[r] = _mm256_fmadd_ps(wv[h], _mm256_loadu_ps(xr + 8 * h), acc[r]);
+            }
+        }
+        for (int r = 0; r < rows; r++) {
+            const __m128 q = _mm_add_ps(_mm256_castps256_ps128(acc[r]), _mm256_extractf128_ps(acc[r], 1));
+            const __m128 d = _mm_add_ps(q, _mm_movehl_ps(q, q));
+            y[(int64_t)r * ldy + n] = _mm_cvtss_f32(_mm_add_ss(d, _mm_shuffle_ps(d, d, 1)));
+        }
+#else
+        float acc[ROW_TILE];
+        for (int r = 0; r < rows; r++) acc[r] = 0.0f;
+        for (int k = 0; k < K; k += CHUNK) {
+            const float s = sn[k / G], b = bn[k / G];
+            float wv[CHUNK];
+            for (int i = 0; i < 16; i++) {
+                if (bits == 4) {
+                    const uint8_t byte = wn[k / 2 + i];
+                    wv[i] = (float)(byte & 0xF) * s + b;
+                    wv[16 + i] = (float)(byte >> 4) * s + b;
+                } else {
+                    wv[i] = (float)wn[k + i] * s + b;
+                    wv[16 + i] = (float)wn[k + 16 + i] * s + b;
+                }
+            }
+            for (int r = 0; r < rows; r++) {
+                const float *xr = x + (int64_t)r * K + k;
+                for (int i = 0; i < CHUNK; i++) acc[r] += wv[i] * xr[i];
+            }
+        }
+        for (int r = 0; r < rows; r++) y[(int64_t)r * ldy + n] = acc[r];
+#endif
+    }
+}
+
+/* y[r * ldy + n] for r < rows, n in [n0, n1) of the weight's N rows: K a multiple of
+ * 32, G a multiple of 32 dividing K, bits 4 or 8, ldy >= n1 (several weights can fill
+ * one output side by side). Returns 0, or -1 for arguments it cannot take. */
+int qmatmul(const float *x, int rows, int K, const uint32_t *w, const float *scales,
+            const float *biases, int G, int bits, float *y, int ldy, int n0, int n1) {
+    if (K % CHUNK || G % CHUNK || K % G || (bits != 4 && bits != 8) || n0 < 0 || n0 > n1
+        || n1 > ldy)
+        return -1;
+    for (int r0 = 0; r0 < rows; r0 += ROW_TILE) {
+        const int r = rows - r0 < ROW_TILE ? rows - r0 : ROW_TILE;
+        tile(x + (int64_t)r0 * K, r, K, (const uint8_t *)w, scales, biases, G, bits,
+             y + (int64_t)r0 * ldy, ldy, n0, n1);
+    }
+    return 0;
+}

@@ -1,0 +1,156 @@
+"""Few-row matmuls straight from MLX-quantized weights (4- or 8-bit, groups of 32k).
+
+The weight stays the model's own packed array: this reads its memory through a numpy view
+(no second copy), which is what lets a quantized model decode from a quarter (4-bit) or
+an eighth of float32's bytes a token. Scales and biases are viewed too when they are
+float32 and copied to float32 otherwise (an eighth of the packed size at most).
+
+The work is `qmatmul.c` (native/): each weight group is unpacked once into registers and
+multiplied into every row. Weights of at least PARALLEL_MIN_BYTES (a vocabulary
+projection) are split by output column over the CPU's threads; the call releases the GIL.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from typing import Any
+
+import mlx.core as mx
+import numpy as np
+
+from app.accel.cpu import native
+from app.accel.cpu.threads import run_parts, split_range
+
+CHUNK = 32  # the kernel's unit of inputs
+BITS = (4, 8)
+PARALLEL_MIN_BYTES = 4 << 20  # below it, thread hand-offs cost more than they save
+
+_F32P = ctypes.POINTER(ctypes.c_float)
+_U32P = ctypes.POINTER(ctypes.c_uint32)
+
+
+def supported(bits: int, group_size: int, n_in: int) -> bool:
+    return bits in BITS and group_size % CHUNK == 0 and n_in % group_size == 0
+
+
+def available() -> bool:
+    return native.library() is not None
+
+
+class QuantizedWeight:
+    """W [n_out, n_in] as mx.quantize(W, group_size, bits) stored it: `weight` uint32
+    [n_out, n_in * bits / 32], `scales`/`biases` [n_out, n_in / group_size]; numpy views
+    of the model's own arrays (they keep those alive)."""
+
+    def __init__(self, weight: mx.array, scales: mx.array, biases: mx.array,
+                 group_size: int, bits: int) -> None:
+        self.bits, self.group_size = bits, group_size
+        self.n_out = int(weight.shape[0])
+        self.n_in = int(weight.shape[1]) * 32 // bits
+        if not supported(bits, group_size, self.n_in):
+            raise ValueError(f"unsupported quantization: {bits} bits, groups of {group_size}")
+        self.packed = np.asarray(weight)  # a view of the same memory
+        if self.packed.dtype != np.uint32 or not self.packed.flags.c_contiguous:
+            raise ValueError("quantized weight must be a contiguous uint32 array")
+        self.scales = _f32(scales)
+        self.biases = _f32(biases)
+
+    @staticmethod
+    def of(module: Any) -> QuantizedWeight:
+        """From an nn.QuantizedLinear or nn.QuantizedEmbedding (its rows as outputs)."""
+        return QuantizedWeight(module.weight, module.scales, module.biases,
+                               module.group_size, module.bits)
+
+    def rows(self, index: np.ndarray) -> np.ndarray:
+        """Rows `index` of W dequantized to float32 (an embedding lookup)."""
+        packed = self.packed[index].view(np.uint8)
+        if self.bits == 4:
+            q = np.stack([packed & 0xF, packed >> 4], axis=-1).reshape(len(index), -1)
+        else:
+            q = packed
+        groups = q.reshape(len(index), -1, self.group_size).astype(np.float32)
+        w = groups * self.scales[index][..., None] + self.biases[index][..., None]
+        return w.reshape(len(index), self.n_in)
+
+
+class QuantizedMatmul:
+    """y = x @ concat(W_1, W_2, ...).T (+ bias) for quantized weights of one input size
+    and format (q | k | v, gate | up: one call, their outputs side by side), without
+    concatenating the weights: each is read where it lies."""
+
+    def __init__(self, weights: list[QuantizedWeight], bias: np.ndarray | None = None
+                 ) -> None:
+        lib = native.library()
+        if lib is None:
+            raise RuntimeError("the CPU kernels are not available")
+        first = weights[0]
+        if any((w.n_in, w.bits, w.group_size) != (first.n_in, first.bits, first.group_size)
+               for w in weights):
+            raise ValueError("stacked weights must share their input size and format")
+        self._fn = lib.qmatmul
+        self.weights = weights
+        self.n_in, self.bits = first.n_in, first.bits
+        self.n_out = sum(w.n_out for w in weights)
+        self.bias = bias
+        # (weight, its first output column, the column range one thread computes)
+        self.parts: list[tuple[QuantizedWeight, int, tuple[int, int]]] = []
+        column = 0
+        for w in weights:
+            big = w.packed.nbytes >= PARALLEL_MIN_BYTES
+            for r in split_range(w.n_out) if big else [(0, w.n_out)]:
+                self.parts.append((w, column, r))
+            column += w.n_out
+        self._pointers = {id(w): (w.packed.ctypes.data_as(_U32P),
+                                  w.scales.ctypes.data_as(_F32P),
+                                  w.biases.ctypes.data_as(_F32P)) for w in weights}
+
+    @staticmethod
+    def of(*modules: Any) -> QuantizedMatmul:
+        """From nn.QuantizedLinear / nn.QuantizedEmbedding modules; their biases, if all
+        have one, are added."""
+        biases = [m.get("bias") for m in modules]
+        bias = None
+        if all(b is not None for b in biases):
+            bias = np.concatenate([np.asarray(b, dtype=np.float32) for b in biases])
+        return QuantizedMatmul([QuantizedWeight.of(m) for m in modules], bias)
+
+    def arrange(self, x: np.ndarray) -> np.ndarray:
+        """x [rows, n_in] float32 in the order the kernel reads it (see qmatmul.c)."""
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if self.bits == 4:
+            rows = x.shape[0]
+            x = np.ascontiguousarray(
+                x.reshape(rows, -1, CHUNK // 2, 2).transpose(0, 1, 3, 2)).reshape(rows, -1)
+        return x
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        lead = x.shape[:-1]
+        xa = self.arrange(x.reshape(-1, self.n_in))
+        rows = xa.shape[0]
+        out = np.empty((rows, self.n_out), np.float32)
+        xp = xa.ctypes.data_as(_F32P)
+        base = out.ctypes.data
+
+        def part(p: tuple[QuantizedWeight, int, tuple[int, int]]) -> None:
+            w, column, (n0, n1) = p
+            wp, sp, bp = self._pointers[id(w)]
+            yp = ctypes.cast(base + 4 * column, _F32P)  # its columns of every output row
+            rc = self._fn(xp, rows, self.n_in, wp, sp, bp, w.group_size, w.bits,
+                          yp, self.n_out, n0, n1)
+            if rc != 0:
+                raise ValueError("qmatmul refused its arguments")
+
+        if len(self.parts) == 1 or all(r == (0, w.n_out) for w, _, r in self.parts):
+            for p in self.parts:
+                part(p)
+        else:
+            run_parts(part, self.parts)
+        if self.bias is not None:
+            out += self.bias
+        return out.reshape(*lead, self.n_out)
+
+
+def _f32(a: mx.array) -> np.ndarray:
+    if a.dtype == mx.float32:
+        return np.asarray(a)  # a view
+    return np.asarray(a.astype(mx.float32))

@@ -1,0 +1,91 @@
+"""The CPU's quantized kernels (app/accel/cpu/quantized.py, quantized_prefill.py) against
+MLX's own dequantize on the same packed weights."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+import pytest
+
+from app.accel.cpu import quantized, quantized_prefill
+from app.accel.cpu.quantized import QuantizedMatmul, QuantizedWeight
+
+pytestmark = pytest.mark.skipif(not quantized.available(), reason="no C compiler here")
+
+
+def _weight(n_out: int, n_in: int, bits: int, group: int, seed: int) -> tuple[Any, mx.array]:
+    mx.random.seed(seed)
+    q, s, b = mx.quantize(mx.random.normal((n_out, n_in)), group_size=group, bits=bits)
+    mx.eval(q, s, b)
+    dense = mx.dequantize(q, s, b, group_size=group, bits=bits)
+    return QuantizedWeight(q, s, b, group, bits), dense
+
+
+@pytest.mark.parametrize("rows", [1, 3, 8, 9, 17])
+@pytest.mark.parametrize(("bits", "group"), [(4, 32), (4, 64), (8, 32), (8, 128)])
+def test_matmul_matches_dequantized_weights(bits: int, group: int, rows: int) -> None:
+    w, dense = _weight(96, 256, bits, group, seed=rows)
+    x = np.random.default_rng(rows).standard_normal((rows, 256)).astype(np.float32)
+    want = np.asarray(mx.array(x) @ dense.T)
+    got = QuantizedMatmul([w])(x)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max())
+
+
+def test_stacked_weights_with_bias_and_split_columns(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(quantized, "PARALLEL_MIN_BYTES", 1)  # every weight over the threads
+    (a, da), (b, db) = _weight(64, 128, 4, 32, 1), _weight(40 * 8, 128, 4, 32, 2)
+    bias = np.random.default_rng(0).standard_normal(64 + 320).astype(np.float32)
+    m = QuantizedMatmul([a, b], bias)
+    assert len(m.parts) > 2
+    x = np.random.default_rng(1).standard_normal((2, 5, 128)).astype(np.float32)
+    want = np.asarray(mx.array(x) @ mx.concatenate([da, db]).T) + bias
+    np.testing.assert_allclose(m(x), want, rtol=0, atol=1e-5 * np.abs(want).max())
+
+
+def test_packed_weights_are_not_copied() -> None:
+    q, s, b = mx.quantize(mx.random.normal((64, 128)), group_size=32, bits=4)
+    mx.eval(q, s, b)
+    w = QuantizedWeight(q, s, b, 32, 4)
+    assert np.shares_memory(w.packed, np.asarray(q))
+    assert np.shares_memory(w.scales, np.asarray(s))
+
+
+def test_embedding_rows_are_mlx_dequantized_rows() -> None:
+    w, dense = _weight(50, 64, 4, 32, 3)
+    index = np.array([0, 49, 7, 7])
+    np.testing.assert_allclose(w.rows(index), np.asarray(dense)[index], rtol=0, atol=1e-6)
+
+
+def test_unsupported_formats_are_refused() -> None:
+    q, s, b = mx.quantize(mx.random.normal((8, 96)), group_size=32, bits=3)
+    with pytest.raises(ValueError, match="3 bits"):
+        QuantizedWeight(q, s, b, 32, 3)
+    assert not quantized.supported(4, 16, 64)
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_dequantizing_prefill_matches_mlx(bits: int) -> None:
+    """Many rows through the swapped modules equal MLX's quantized forward; few rows keep
+    MLX's kernel; uninstall gives MLX's classes back with the same arrays."""
+    model = nn.Sequential(nn.Linear(128, 96), nn.Linear(96, 64, bias=False))
+    emb = nn.Embedding(40, 64)
+    holder = nn.Module()
+    holder.body, holder.emb = model, emb
+    nn.quantize(holder, group_size=32, bits=bits)
+    x = mx.random.normal((2, 20, 128))
+    want = holder.emb.as_linear(holder.body(x))
+    weight = holder.body.layers[0].weight
+    assert quantized_prefill.install(holder) == 3
+    assert type(holder.body.layers[0]) is quantized_prefill.DequantizingLinear
+    assert holder.body.layers[0].weight is weight  # the same array, not a copy
+    got = holder.emb.as_linear(holder.body(x))
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=0,
+                               atol=1e-4 * float(mx.abs(want).max()))
+    few = holder.body(x[:, :2])
+    assert quantized_prefill.uninstall(holder) == 3
+    assert type(holder.body.layers[0]) is nn.QuantizedLinear
+    np.testing.assert_allclose(np.asarray(few), np.asarray(holder.body(x[:, :2])), rtol=0,
+                               atol=1e-6)
