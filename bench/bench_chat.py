@@ -1,6 +1,6 @@
-"""Chat core benchmark: mlxd against mlx_lm.server on the same weights, one run, ratios.
+"""Chat core benchmark: mlxd against mlx_lm.server and llama-server, one run, ratios.
 
-    .venv/bin/python bench/bench_chat.py [--quick] [--peers openblas,plain] [--no-gguf]
+    .venv/bin/python bench/bench_chat.py [--quick] [--peers openblas,plain,llama] [--no-gguf]
 
 Servers run one after another (never together: 2 cores). For each one:
   (a) single-stream decode tokens/s: 128 greedy tokens from a story prompt, counted after
@@ -8,8 +8,10 @@ Servers run one after another (never together: 2 cores). For each one:
   (b) time to first token on a ~1k-token prompt, unique from its first word each time so no
       prefix cache can help (the chat template's ~24-token header may still be reused);
   (c) aggregate tokens/s of 8 concurrent streams of 64 tokens (wall clock, send to last finish).
-The GGUF is converted once to a float32 HF folder (bench/out/) that both servers load; mlxd
-on the GGUF itself is reported too. The plain peer's TTFT runs last, under --plain-ttft-cap.
+The GGUF is converted once to a float32 HF folder (bench/out/) that mlxd and mlx_lm.server
+load; mlxd on the GGUF itself is reported too, and llama-server (peer `llama`, built by
+bench/build_llama_server.sh) serves that same GGUF. The plain peer's TTFT runs last, under
+--plain-ttft-cap.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from common import (  # noqa: E402
     fmt,
     fmt_ratio,
     gguf_path,
+    llama_spec,
     load_avg,
     md_table,
     median,
@@ -54,7 +57,8 @@ STORY_TOPICS = (
     "a girl who can talk to rivers", "an old clockmaker and his last clock",
     "a city built on the back of a whale", "a musician who hears colours",
 )
-TARGETS = {"decode": 1.0, "ttft": 1.0, "ttft_plain": 10.0, "agg": 1.5, "agg_vs_single": 5.0}
+TARGETS = {"decode": 1.0, "ttft": 1.0, "ttft_plain": 10.0, "ttft_llama": 2.0, "agg": 1.5,
+           "agg_vs_single": 5.0}
 REQUEST_TIMEOUT_S = 900.0
 
 
@@ -199,7 +203,8 @@ async def bench_group(specs: list[ServerSpec], cfg: argparse.Namespace, pm: Prom
 
 def report(cfg: argparse.Namespace, figs: dict[str, Figures], argv: list[str]) -> str:
     ours = figs.get("ours")
-    lines = ["# bench_chat: mlxd vs mlx_lm.server (same weights, side by side)", "",
+    lines = ["# bench_chat: mlxd vs mlx_lm.server and llama-server (same weights, side by side)",
+             "",
              f"`{' '.join(argv)}`", "", environment_note(), "",
              f"Model: SmolLM2-135M-Instruct ({gguf_path().name}) converted to a float32 HF "
              "folder; every server except `ours-gguf` loads that folder. Greedy (temperature 0).",
@@ -257,6 +262,7 @@ def ratio_rows(cfg: argparse.Namespace, figs: dict[str, Figures]) -> list[str]:
         d, t, a = median(ours.decode), ours.ttft_value, median(ours.agg)
         ad = median(ours.agg_decode)
         for peer_name, ttft_target in (("peer-openblas", TARGETS["ttft"]),
+                                       ("peer-llama", TARGETS["ttft_llama"]),
                                        ("peer-plain", TARGETS["ttft_plain"])):
             peer = figs.get(peer_name)
             if peer is None:
@@ -285,7 +291,7 @@ def ratio_rows(cfg: argparse.Namespace, figs: dict[str, Figures]) -> list[str]:
                      fmt_ratio(ratio(a, median(ours.decode)), TARGETS["agg_vs_single"]),
                      fmt_ratio(ratio(ad, median(ours.decode)), TARGETS["agg_vs_single"])])
     return [md_table(["comparison", "decode (ours/peer, ≥1.0)",
-                      "TTFT (peer/ours; ≥1.0 OpenBLAS, ≥10 plain)",
+                      "TTFT (peer/ours; ≥1.0 OpenBLAS, ≥2 llama-server, ≥10 plain)",
                       f"{cfg.concurrency}-stream aggregate, wall (≥1.5 OpenBLAS; ≥5 own single)",
                       "Σ per-stream decode (same targets)"],
                      rows)]
@@ -296,7 +302,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true",
                    help="1 repetition each, shorter outputs, plain peer TTFT capped at 60 s")
     p.add_argument("--peers", default="openblas,plain",
-                   help="comma list of peers: openblas, plain (empty: ours only)")
+                   help="comma list of peers: openblas, plain, llama (empty: ours only)")
     p.add_argument("--interleave", action="store_true",
                    help="keep mlxd and the OpenBLAS peer up together (idle while not measured) "
                         "and alternate them rep by rep; the plain peer still runs alone")
@@ -337,8 +343,11 @@ async def main(argv: list[str]) -> int:
         specs.append((ours_spec("ours-gguf", gguf_path(), *ours_extra), False))
     peers = [x.strip() for x in cfg.peers.split(",") if x.strip()]
     for peer in peers:
-        if peer not in ("openblas", "plain"):
-            raise SystemExit(f"unknown peer {peer!r} (openblas, plain)")
+        if peer not in ("openblas", "plain", "llama"):
+            raise SystemExit(f"unknown peer {peer!r} (openblas, plain, llama)")
+        if peer == "llama":
+            specs.append((llama_spec("peer-llama", gguf_path()), False))
+            continue
         specs.append((peer_spec(f"peer-{peer}", hf, openblas=peer == "openblas",
                                 extra=peer_extra), peer == "plain"))
     figs: dict[str, Figures] = {}

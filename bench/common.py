@@ -134,6 +134,24 @@ def peer_spec(name: str, hf_dir: Path, *, openblas: bool, extra: tuple[str, ...]
     return ServerSpec(name, argv, desc + (f" {' '.join(extra)}" if extra else ""), env=env)
 
 
+# llama-server as the issue's user starts it: 8 slots sharing one 8k unified KV cache, the
+# machine's 2 threads
+LLAMA_SERVER_ARGS = ("-c", "8192", "-np", "8", "-t", "2", "--kv-unified")
+
+
+def llama_server_path() -> Path:
+    """bench/build_llama_server.sh's binary (built and cached on the first call)."""
+    out = subprocess.run([str(BENCH_DIR / "build_llama_server.sh")], check=True,
+                         capture_output=True, text=True)
+    return Path(out.stdout.strip().splitlines()[-1])
+
+
+def llama_spec(name: str, gguf: Path, *extra: str) -> ServerSpec:
+    argv = [str(llama_server_path()), "-m", str(gguf), *LLAMA_SERVER_ARGS, *extra]
+    desc = f"llama-server {' '.join(LLAMA_SERVER_ARGS + extra)} on {gguf.name}"
+    return ServerSpec(name, argv, desc)
+
+
 @dataclass(slots=True)
 class Server:
     spec: ServerSpec

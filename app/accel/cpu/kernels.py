@@ -54,8 +54,12 @@ MASKED = -1e30
 # through numpy's SIMD exp in query-row blocks of about BLOCK_SCORES (16 MB: no temporary
 # crosses glibc's 32 MB mmap threshold, above which every allocation is page-faulted in
 # anew). The last 512-token chunk of a 4k prompt took 10.5 s with mlx-lm's attention,
-# 14 s with the polynomial softmax unblocked, 3.6-4.0 s this way (SmolLM2-135M).
-NUMPY_ATTENTION_MIN_SCORES = 1 << 20
+# 14 s with the polynomial softmax unblocked, 3.6-4.0 s this way (SmolLM2-135M). The lazy
+# MLX graph (mask, max, exp parts, sum: one single-threaded pass each) only wins for a few
+# query rows: on an Intel model-167 box a 512-token chunk's attention took 133 ms a layer
+# that way, 41 ms through mx.fast's, 11 ms through numpy; a decode row over 4k keys
+# (12k scores) 1.4 ms against 2.4 ms through numpy.
+NUMPY_ATTENTION_MIN_SCORES = 1 << 15
 BLOCK_SCORES = 1 << 22
 NUMPY_SOFTMAX_BLOCK = 1 << 18  # floats per numpy pass block (1 MB)
 

@@ -6,8 +6,10 @@ an eighth of float32's bytes a token. Scales and biases are viewed too when they
 float32 and copied to float32 otherwise (an eighth of the packed size at most).
 
 The work is `qmatmul.c` (native/): each weight group is unpacked once into registers and
-multiplied into every row. Weights of at least PARALLEL_MIN_BYTES (a vocabulary
-projection) are split by output column over the CPU's threads; the call releases the GIL.
+multiplied into every row. Weights of at least PARALLEL_MIN_BYTES are split by output
+column over the kernel's own worker threads (C, spinning briefly between the calls of a
+step: a Python thread hand-off per call cost as much as it saved); the call releases the
+GIL.
 """
 
 from __future__ import annotations
@@ -19,11 +21,11 @@ import mlx.core as mx
 import numpy as np
 
 from app.accel.cpu import native
-from app.accel.cpu.threads import run_parts, split_range
+from app.accel.cpu.threads import workers
 
 CHUNK = 32  # the kernel's unit of inputs
 BITS = (4, 8)
-PARALLEL_MIN_BYTES = 4 << 20  # below it, thread hand-offs cost more than they save
+PARALLEL_MIN_BYTES = 16 << 10  # below it, splitting costs more than it saves (measured)
 
 _F32P = ctypes.POINTER(ctypes.c_float)
 _U32P = ctypes.POINTER(ctypes.c_uint32)
@@ -87,22 +89,21 @@ class QuantizedMatmul:
         if any((w.n_in, w.bits, w.group_size) != (first.n_in, first.bits, first.group_size)
                for w in weights):
             raise ValueError("stacked weights must share their input size and format")
-        self._fn = lib.qmatmul
+        self._fn = lib.qmatmul_mt
+        threads = lib.qmatmul_threads(workers())
         self.weights = weights
         self.n_in, self.bits = first.n_in, first.bits
         self.n_out = sum(w.n_out for w in weights)
         self.bias = bias
-        # (weight, its first output column, the column range one thread computes)
-        self.parts: list[tuple[QuantizedWeight, int, tuple[int, int]]] = []
+        # (weight, its first output column, threads to split it over, pointers)
+        self.parts: list[tuple[QuantizedWeight, int, int, tuple[Any, Any, Any]]] = []
         column = 0
         for w in weights:
-            big = w.packed.nbytes >= PARALLEL_MIN_BYTES
-            for r in split_range(w.n_out) if big else [(0, w.n_out)]:
-                self.parts.append((w, column, r))
+            split = threads if w.packed.nbytes >= PARALLEL_MIN_BYTES else 1
+            self.parts.append((w, column, split, (w.packed.ctypes.data_as(_U32P),
+                                                  w.scales.ctypes.data_as(_F32P),
+                                                  w.biases.ctypes.data_as(_F32P))))
             column += w.n_out
-        self._pointers = {id(w): (w.packed.ctypes.data_as(_U32P),
-                                  w.scales.ctypes.data_as(_F32P),
-                                  w.biases.ctypes.data_as(_F32P)) for w in weights}
 
     @staticmethod
     def of(*modules: Any) -> QuantizedMatmul:
@@ -130,21 +131,12 @@ class QuantizedMatmul:
         out = np.empty((rows, self.n_out), np.float32)
         xp = xa.ctypes.data_as(_F32P)
         base = out.ctypes.data
-
-        def part(p: tuple[QuantizedWeight, int, tuple[int, int]]) -> None:
-            w, column, (n0, n1) = p
-            wp, sp, bp = self._pointers[id(w)]
+        for w, column, split, (wp, sp, bp) in self.parts:
             yp = ctypes.cast(base + 4 * column, _F32P)  # its columns of every output row
             rc = self._fn(xp, rows, self.n_in, wp, sp, bp, w.group_size, w.bits,
-                          yp, self.n_out, n0, n1)
+                          yp, self.n_out, 0, w.n_out, split)
             if rc != 0:
                 raise ValueError("qmatmul refused its arguments")
-
-        if len(self.parts) == 1 or all(r == (0, w.n_out) for w, _, r in self.parts):
-            for p in self.parts:
-                part(p)
-        else:
-            run_parts(part, self.parts)
         if self.bias is not None:
             out += self.bias
         return out.reshape(*lead, self.n_out)

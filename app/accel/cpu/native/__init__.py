@@ -22,7 +22,7 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("qmatmul.c")
-FLAGS = ("-O3", "-march=native", "-shared", "-fPIC", "-std=c11")
+FLAGS = ("-O3", "-march=native", "-shared", "-fPIC", "-std=gnu11", "-pthread")
 COMPILE_TIMEOUT = 120.0
 _UNSET = object()
 _lib: object = _UNSET
@@ -104,3 +104,7 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.qmatmul.restype = i
     lib.qmatmul_isa.argtypes = []
     lib.qmatmul_isa.restype = i
+    lib.qmatmul_mt.argtypes = [f32, i, i, u32, f32, f32, i, i, f32, i, i, i, i]
+    lib.qmatmul_mt.restype = i
+    lib.qmatmul_threads.argtypes = [i]
+    lib.qmatmul_threads.restype = i

@@ -18,6 +18,7 @@
  */
 #include <stdint.h>
 #include <string.h>
+#include <time.h>
 
 #if defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
@@ -142,5 +143,131 @@ int qmatmul(const float *x, int rows, int K, const uint32_t *w, const float *sca
         tile(x + (int64_t)r0 * K, r, K, (const uint8_t *)w, scales, biases, G, bits,
              y + (int64_t)r0 * ldy, ldy, n0, n1);
     }
+    return 0;
+}
+
+/* ---- the same split over threads ---------------------------------------------------
+ * A decode step makes ~150 matmul calls of 0.1-1 ms each: handing each to Python threads
+ * costs about as much as it saves. These workers live for the process and spin briefly
+ * (SPIN_CYCLES, as the OPENBLAS_THREAD_TIMEOUT mlxd sets) before sleeping on a condition
+ * variable, so back-to-back calls of one step cost no wake-up and an idle server no CPU.
+ * A call is cut into small chunks of columns that the caller and the workers claim one at
+ * a time: when another process holds a worker's core, the caller does its share instead
+ * of waiting for it (it waits only for a chunk a worker has already claimed).
+ * `ticket` holds the call's number (high 32 bits) and its next chunk (low 32), so a worker
+ * that wakes late can never claim a chunk of a later call.
+ */
+#include <pthread.h>
+#include <stdatomic.h>
+
+#define MAX_THREADS 16
+#define SPIN_CYCLES (1ull << 18)
+#define CHUNKS_PER_THREAD 4
+#define MIN_CHUNK_COLUMNS 16
+
+typedef struct {
+    const float *x; int rows, K; const uint32_t *w; const float *scales, *biases;
+    int G, bits; float *y; int ldy; int n0, n1, chunk, chunks;
+} job_t;
+
+static job_t job;
+static _Atomic unsigned long long ticket;
+static atomic_int done;
+static int n_workers;  /* started */
+static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t wake = PTHREAD_COND_INITIALIZER;
+
+static inline unsigned long long cycles(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    return __builtin_ia32_rdtsc();
+#else
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (unsigned long long)ts.tv_sec * 3000000000ull + (unsigned long long)ts.tv_nsec * 3;
+#endif
+}
+
+static inline void relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+}
+
+/* Claim and run chunks of call `call` until none is left. */
+static void work(unsigned call) {
+    for (;;) {
+        unsigned long long t = atomic_load_explicit(&ticket, memory_order_acquire);
+        if ((unsigned)(t >> 32) != call) return;
+        const int c = (int)(t & 0xffffffffu);
+        if (c >= job.chunks) return;
+        if (!atomic_compare_exchange_weak_explicit(&ticket, &t, t + 1, memory_order_acq_rel,
+                                                   memory_order_acquire))
+            continue;
+        const int a = job.n0 + c * job.chunk;
+        const int b = a + job.chunk < job.n1 ? a + job.chunk : job.n1;
+        qmatmul(job.x, job.rows, job.K, job.w, job.scales, job.biases, job.G, job.bits,
+                job.y, job.ldy, a, b);
+        atomic_fetch_add_explicit(&done, 1, memory_order_release);
+    }
+}
+
+static void *worker(void *arg) {
+    (void)arg;
+    unsigned seen = (unsigned)(atomic_load(&ticket) >> 32);
+    for (;;) {
+        const unsigned long long until = cycles() + SPIN_CYCLES;
+        unsigned call;
+        while ((call = (unsigned)(atomic_load_explicit(&ticket, memory_order_acquire) >> 32))
+               == seen && cycles() < until)
+            relax();
+        if (call == seen) {
+            pthread_mutex_lock(&lock);
+            while ((call = (unsigned)(atomic_load(&ticket) >> 32)) == seen)
+                pthread_cond_wait(&wake, &lock);
+            pthread_mutex_unlock(&lock);
+        }
+        seen = call;
+        work(call);
+    }
+    return NULL;
+}
+
+/* Start workers so that `threads` (the caller included) can share a call; returns how
+ * many can (1 if no thread could be started). One caller thread only. */
+int qmatmul_threads(int threads) {
+    if (threads > MAX_THREADS) threads = MAX_THREADS;
+    while (n_workers + 1 < threads) {
+        pthread_t th;
+        if (pthread_create(&th, NULL, worker, NULL) != 0) break;
+        pthread_detach(th);
+        n_workers++;
+    }
+    return n_workers + 1;
+}
+
+/* qmatmul over [n0, n1) shared with the workers (`threads` <= qmatmul_threads() of
+ * them, the caller included); returns when all of it is done. One caller thread only. */
+int qmatmul_mt(const float *x, int rows, int K, const uint32_t *w, const float *scales,
+               const float *biases, int G, int bits, float *y, int ldy, int n0, int n1,
+               int threads) {
+    if (threads > n_workers + 1) threads = n_workers + 1;
+    int chunk = (n1 - n0 + threads * CHUNKS_PER_THREAD - 1) / (threads * CHUNKS_PER_THREAD);
+    if (chunk < MIN_CHUNK_COLUMNS) chunk = MIN_CHUNK_COLUMNS;
+    if (threads <= 1 || n1 - n0 <= chunk)
+        return qmatmul(x, rows, K, w, scales, biases, G, bits, y, ldy, n0, n1);
+    if (K % CHUNK || G % CHUNK || K % G || (bits != 4 && bits != 8) || n0 < 0 || n0 > n1
+        || n1 > ldy)
+        return -1;
+    job.x = x; job.rows = rows; job.K = K; job.w = w; job.scales = scales;
+    job.biases = biases; job.G = G; job.bits = bits; job.y = y; job.ldy = ldy;
+    job.n0 = n0; job.n1 = n1; job.chunk = chunk; job.chunks = (n1 - n0 + chunk - 1) / chunk;
+    atomic_store_explicit(&done, 0, memory_order_relaxed);
+    const unsigned call = (unsigned)(atomic_load(&ticket) >> 32) + 1;
+    atomic_store_explicit(&ticket, (unsigned long long)call << 32, memory_order_release);
+    pthread_mutex_lock(&lock);
+    pthread_cond_broadcast(&wake);
+    pthread_mutex_unlock(&lock);
+    work(call);
+    while (atomic_load_explicit(&done, memory_order_acquire) < job.chunks) relax();
     return 0;
 }

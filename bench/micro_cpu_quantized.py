@@ -1,0 +1,113 @@
+"""In-process measurements behind app/accel/cpu/quantized.py and quantized_prefill.py: the
+default GGUF (SmolLM2-135M Q4_1) widened to float32 at load against kept packed.
+
+    .venv/bin/python bench/micro_cpu_quantized.py [--reps 3] [--out micro-cpu-quantized.md]
+
+1. One decode step of a left-padded batch of 1, 4 and 8 rows with ~200 cached tokens:
+   `CpuLlamaDecoder` over float32 panels against the same decoder over the C kernels.
+2. One 512-token prefill chunk through mlx-lm: float32 sgemm against dequantize + sgemm.
+3. Bytes of weights the model holds.
+Modes alternate within each repetition, so the machine's load hits both alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from app.accel.process import prepare_process  # noqa: E402
+
+prepare_process()  # process tuning + BLAS before MLX
+
+import mlx.core as mx  # noqa: E402
+import numpy as np  # noqa: E402
+from common import gguf_path, load_avg, write_report  # noqa: E402
+from micro_timing import timed  # noqa: E402
+from mlx.utils import tree_flatten  # noqa: E402
+from mlx_lm.models.cache import BatchKVCache, make_prompt_cache  # noqa: E402
+
+from app.accel.choose import accelerate_chat  # noqa: E402
+from app.models.gguf import load_gguf  # noqa: E402
+from app.settings import Settings  # noqa: E402
+
+CALLS = 15
+MODES = ("float32", "quantized")
+
+
+def _step(model: Any, dec: Any, b: int) -> Callable[[], object]:
+    lens = [200 + 7 * i for i in range(b)]
+    caches = [BatchKVCache([max(lens) - n for n in lens]) for _ in model.layers]
+    tokens = mx.array([[0] * (max(lens) - n) + [7 + (i * 13 + j) % 900 for j in range(n)]
+                       for i, n in enumerate(lens)])
+    mx.eval(model(tokens, cache=caches)[:, -1])
+    step = np.arange(5, 5 + b)
+    return lambda: dec.step(step, caches)
+
+
+def _prefill(model: Any) -> Callable[[], object]:
+    tokens = mx.array([[7 + (j * 13) % 900 for j in range(512)]])
+
+    def run() -> object:
+        cache = make_prompt_cache(model)
+        return model.model(tokens, cache=cache)[:, -1]
+    return run
+
+
+def cases() -> tuple[dict[str, dict[str, Callable[[], object]]], dict[str, int]]:
+    out: dict[str, dict[str, Callable[[], object]]] = {}
+    weights = {}
+    for mode in MODES:
+        loaded = load_gguf(gguf_path(), cpu_quantized=mode == "quantized")
+        print(f"{mode}: {accelerate_chat(loaded, Settings())}", flush=True)
+        model, dec = loaded.model, loaded.decode_step
+        assert dec is not None
+        weights[mode] = sum(v.nbytes for _, v in tree_flatten(model.parameters()))
+        for b in (1, 4, 8):
+            out.setdefault(f"decode step, batch {b}", {})[mode] = _step(model, dec, b)
+        out.setdefault("prefill, 512-token chunk", {})[mode] = _prefill(model)
+    return out, weights
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", default="micro-cpu-quantized.md")
+    p.add_argument("--reps", type=int, default=3)
+    args = p.parse_args()
+    table, weights = cases()
+    results = {name: {m: [] for m in MODES} for name in table}  # type: ignore[var-annotated]
+    for rep in range(args.reps):
+        for name, fns in table.items():
+            for mode in MODES:
+                calls = 3 if name.startswith("prefill") else CALLS
+                results[name][mode].append(timed(fns[mode], calls) * 1e3)
+            print(f"rep {rep}: {name}: " + ", ".join(
+                f"{m} {results[name][m][-1]:.2f} ms" for m in MODES), flush=True)
+    lines = ["# SmolLM2-135M Q4_1 on the CPU: float32 at load against packed weights", "",
+             f"`bench/micro_cpu_quantized.py --reps {args.reps}` · "
+             f"{time.strftime('%Y-%m-%d %H:%M:%S')} · load avg {load_avg()} · "
+             f"mlx {mx.__version__}", "",
+             f"Milliseconds, median of {CALLS} calls (prefill: 3) per repetition; the table "
+             "gives the median over repetitions (modes alternated).", "",
+             "| case | float32 | packed | float32 / packed |", "|---|---|---|---|"]
+    for name, r in results.items():
+        f, q = statistics.median(r["float32"]), statistics.median(r["quantized"])
+        lines.append(f"| {name} | {f:.2f} | {q:.2f} | {f / q:.2f}x |")
+    lines.append(f"| weights held (MiB) | {weights['float32'] / 2**20:.0f} | "
+                 f"{weights['quantized'] / 2**20:.0f} | "
+                 f"{weights['float32'] / weights['quantized']:.2f}x |")
+    lines.append("")
+    lines.append("float32 decode steps also hold a panel copy of the weights (not counted).")
+    print("\n".join(lines))
+    print(f"written to {write_report(args.out, chr(10).join(lines) + chr(10))}")
+
+
+if __name__ == "__main__":
+    main()
