@@ -58,7 +58,8 @@ def accelerate_chat(loaded: LoadedChatModel, settings: Settings) -> str:
         parts.append("cpu kernels")
     if quantized_prefill.install(loaded.model):
         parts.append("dequantizing prefill")
-    loaded.decode_step = CpuLlamaDecoder.build(loaded.model)
+    loaded.decode_step = CpuLlamaDecoder.build(loaded.model,
+                                               int8=settings.cpu_int8_activations)
     if loaded.decode_step is not None:
         parts.append("numpy decode steps")
     loaded.acceleration = ", ".join(parts) or MLX_ONLY

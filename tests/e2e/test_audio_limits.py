@@ -28,6 +28,7 @@ SAMPLE_RATE = 16_000
 MAX_AUDIO_SECONDS = 75
 WINDOW_SECONDS = 3  # engine seconds per 30 s window: noise windows hit it
 MAX_CHAT_GAP = 0.5  # seconds between a chat stream's chunks while speech is transcribed
+FIRST_CHUNK_SECONDS = 1.5  # a chat request's first chunk, sent mid-window
 NOISE_SECONDS = 70  # three windows, under MAX_AUDIO_SECONDS
 
 
@@ -123,7 +124,10 @@ async def test_chat_is_not_held_behind_looping_noise(limited: Server) -> None:
     assert r.status_code == 200, r.text
     # three windows of at most WINDOW_SECONDS of work each (+ one unit), sharing with chat
     assert t1 - t_asr < 9 * WINDOW_SECONDS + 10, f"noise took {t1 - t_asr:.1f}s"
-    assert stamps[0] - t0 < 1.0, f"chat's first chunk came {stamps[0] - t0:.2f}s late"
+    # 0.1-0.2 s alone (prefill of a cold prompt, first step); with the noise job's upload,
+    # decode and first window beside it ~1 s on a 2-core box, the engine's turns included
+    assert stamps[0] - t0 < FIRST_CHUNK_SECONDS, \
+        f"chat's first chunk came {stamps[0] - t0:.2f}s late"
     assert chat_ended or len(stamps) >= 8, f"{len(stamps)} chunks in {t1 - t0:.1f}s"
     gaps = np.diff(stamps)
     assert gaps.max() <= MAX_CHAT_GAP, f"chat waited {gaps.max():.2f}s behind the noise"

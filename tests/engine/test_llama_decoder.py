@@ -122,3 +122,4 @@ def test_no_panel_copy_without_the_memory_for_it(model: Any) -> None:
     # quantized weights are read where they lie: no copy, nothing to fit
     assert (CpuLlamaDecoder.build(model, available=2 * weights) is None) != quantized
     assert CpuLlamaDecoder.build(model, available=8 * weights) is not None
+

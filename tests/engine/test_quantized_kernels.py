@@ -89,3 +89,22 @@ def test_dequantizing_prefill_matches_mlx(bits: int) -> None:
     assert type(holder.body.layers[0]) is nn.QuantizedLinear
     np.testing.assert_allclose(np.asarray(few), np.asarray(holder.body(x[:, :2])), rtol=0,
                                atol=1e-6)
+
+
+@pytest.mark.skipif(not quantized.int8_available(), reason="no AVX-512 VNNI here")
+@pytest.mark.parametrize("rows", [1, 8, 11])
+@pytest.mark.parametrize(("bits", "group"), [(4, 32), (4, 128), (8, 32), (8, 64)])
+def test_int8_activations_within_their_rounding(bits: int, group: int, rows: int) -> None:
+    """Each output within what rounding x to int8 per block of 32 can move it: half a step
+    (absmax / 127) times the block's sum of |w|. A wrong layout or scale is far outside."""
+    w, dense = _weight(80, 384, bits, group, seed=rows)
+    x = np.random.default_rng(rows).standard_normal((rows, 384)).astype(np.float32)
+    m = QuantizedMatmul([w], int8=True)
+    assert m.int8
+    d = np.asarray(dense)
+    want = x @ d.T
+    step = np.abs(x.reshape(rows, -1, 32)).max(-1) / 127  # [rows, blocks]
+    weight_mass = np.abs(d.reshape(80, -1, 32)).sum(-1)  # [n, blocks]
+    bound = 0.5 * step @ weight_mass.T + 1e-4 * np.abs(want).max()
+    err = np.abs(m(x) - want)
+    assert (err <= bound).all(), float((err / bound).max())

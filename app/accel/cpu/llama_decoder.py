@@ -67,7 +67,8 @@ class _Layer:
 class CpuLlamaDecoder:
     """One decode step for every row of a `BatchKVCache` batch, in numpy."""
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: Any, int8: bool = False) -> None:
+        self.int8 = int8
         args = model.args
         body = model.model
         attn = body.layers[0].self_attn
@@ -81,12 +82,14 @@ class CpuLlamaDecoder:
             QuantizedWeight.of(embed) if _is_quantized(embed) else _f32(embed.weight)
         self.norm = _f32(body.norm.weight)
         self.layers = [self._layer(block) for block in body.layers]
-        self.head = _stacked([embed if args.tie_word_embeddings else model.lm_head])
+        self.head = self._stacked([embed if args.tie_word_embeddings else model.lm_head])
 
     @staticmethod
-    def build(model: Any, available: int | None = None) -> CpuLlamaDecoder | None:
+    def build(model: Any, available: int | None = None, int8: bool = False
+              ) -> CpuLlamaDecoder | None:
         """The decoder for `model`, or None (logged) when it can't or shouldn't run it;
-        `available`: bytes of memory free for the copy (default: MemAvailable)."""
+        `available`: bytes of memory free for the copy (default: MemAvailable); `int8`:
+        quantized weights meet int8 activations where the CPU has VNNI (quantized.py)."""
         reason = _unsupported(model)
         if reason is None:
             copied = _panel_bytes(model)
@@ -97,15 +100,15 @@ class CpuLlamaDecoder:
         if reason:
             logger.info("numpy decode steps off for this model: %s", reason)
             return None
-        decoder = CpuLlamaDecoder(model)
+        decoder = CpuLlamaDecoder(model, int8)
         logger.info("decode steps in numpy: %s", decoder.describe())
         return decoder
 
     def describe(self) -> str:
         mats = [self.head] + [m for la in self.layers for m in (la.qkv, la.out, la.gate_up,
                                                                  la.down)]
-        kinds = sorted({f"{m.bits}-bit kernel" if isinstance(m, QuantizedMatmul)
-                        else "float32 panels" for m in mats})
+        kinds = sorted({(f"{m.bits}-bit kernel" + (" (int8 activations)" if m.int8 else ""))
+                        if isinstance(m, QuantizedMatmul) else "float32 panels" for m in mats})
         return " and ".join(kinds)
 
     def _layer(self, block: Any) -> _Layer:
@@ -114,14 +117,17 @@ class CpuLlamaDecoder:
         k_norm: Any = getattr(a, "k_norm", None)
         return _Layer(
             attn_norm=_f32(block.input_layernorm.weight),
-            qkv=_stacked([a.q_proj, a.k_proj, a.v_proj]),
-            out=_stacked([a.o_proj]),
+            qkv=self._stacked([a.q_proj, a.k_proj, a.v_proj]),
+            out=self._stacked([a.o_proj]),
             mlp_norm=_f32(block.post_attention_layernorm.weight),
-            gate_up=_stacked([m.gate_proj, m.up_proj]),
-            down=_stacked([m.down_proj]),
+            gate_up=self._stacked([m.gate_proj, m.up_proj]),
+            down=self._stacked([m.down_proj]),
             head_norms=None if q_norm is None else
             (_f32(q_norm.weight), _f32(k_norm.weight), np.float32(q_norm.eps)),
         )
+
+    def _stacked(self, linears: list[Any]) -> Matmul:
+        return _stacked(linears, self.int8)
 
     def supports(self, caches: list[Any]) -> bool:
         return all(type(c) is BatchKVCache and c.keys is not None for c in caches)
@@ -273,12 +279,12 @@ def _panel_bytes(model: Any) -> int:
                if isinstance(m, nn.Linear | nn.Embedding) and not _is_quantized(m))
 
 
-def _stacked(linears: list[Any]) -> Matmul:
+def _stacked(linears: list[Any], int8: bool = False) -> Matmul:
     """Several projections of one input as one [in, sum(out)] matmul (an Embedding as
     the tied output projection)."""
     if all(_is_quantized(m) for m in linears) and \
             len({(m.bits, m.group_size) for m in linears}) == 1:
-        return QuantizedMatmul.of(*linears)
+        return QuantizedMatmul.of(*linears, int8=int8)
     linears = [_float_linear(m) for m in linears]
     weight = np.concatenate([_f32(m.weight) for m in linears], axis=0).T
     biases = [_f32(m.bias) for m in linears if "bias" in m]

@@ -29,6 +29,7 @@ PARALLEL_MIN_BYTES = 16 << 10  # below it, splitting costs more than it saves (m
 
 _F32P = ctypes.POINTER(ctypes.c_float)
 _U32P = ctypes.POINTER(ctypes.c_uint32)
+_I8P = ctypes.POINTER(ctypes.c_int8)
 
 
 def supported(bits: int, group_size: int, n_in: int) -> bool:
@@ -37,6 +38,18 @@ def supported(bits: int, group_size: int, n_in: int) -> bool:
 
 def available() -> bool:
     return native.library() is not None
+
+
+def int8_available() -> bool:
+    """The CPU has AVX-512 VNNI and the kernels were built for it."""
+    lib = native.library()
+    return lib is not None and bool(lib.qmatmul_vnni())
+
+
+def int8_fits(bits: int, group_size: int, n_in: int) -> bool:
+    """Shapes the int8 kernel takes (pairs of 32-input blocks)."""
+    return supported(bits, group_size, n_in) and n_in % 64 == 0 and \
+        (group_size == 32 or group_size % 64 == 0)
 
 
 class QuantizedWeight:
@@ -63,6 +76,20 @@ class QuantizedWeight:
         return QuantizedWeight(module.weight, module.scales, module.biases,
                                module.group_size, module.bits)
 
+    def dequantize_into(self, out: np.ndarray) -> None:
+        """All of W as float32 into `out` [n_out, n_in] (C-contiguous, writable), over the
+        kernel's threads."""
+        lib = native.library()
+        assert lib is not None and out.shape == (self.n_out, self.n_in) and \
+            out.dtype == np.float32 and out.flags.c_contiguous
+        rc = lib.dequantize_mt(self.packed.ctypes.data_as(_U32P),
+                               self.scales.ctypes.data_as(_F32P),
+                               self.biases.ctypes.data_as(_F32P), self.n_out, self.n_in,
+                               self.group_size, self.bits, out.ctypes.data_as(_F32P),
+                               lib.qmatmul_threads(workers()))
+        if rc != 0:
+            raise ValueError("dequantize refused its arguments")
+
     def rows(self, index: np.ndarray) -> np.ndarray:
         """Rows `index` of W dequantized to float32 (an embedding lookup)."""
         packed = self.packed[index].view(np.uint8)
@@ -80,8 +107,8 @@ class QuantizedMatmul:
     and format (q | k | v, gate | up: one call, their outputs side by side), without
     concatenating the weights: each is read where it lies."""
 
-    def __init__(self, weights: list[QuantizedWeight], bias: np.ndarray | None = None
-                 ) -> None:
+    def __init__(self, weights: list[QuantizedWeight], bias: np.ndarray | None = None,
+                 int8: bool = False) -> None:
         lib = native.library()
         if lib is None:
             raise RuntimeError("the CPU kernels are not available")
@@ -90,6 +117,13 @@ class QuantizedMatmul:
                for w in weights):
             raise ValueError("stacked weights must share their input size and format")
         self._fn = lib.qmatmul_mt
+        self._fn_i8 = lib.qmatmul_i8_mt
+        self._quantize = lib.quantize_rows
+        # int8 activations: all weights must fit, and share a group size (one xg layout)
+        self.int8 = int8 and int8_available() and \
+            all(int8_fits(w.bits, w.group_size, w.n_in) for w in weights) and \
+            len({w.group_size for w in weights}) == 1
+        self.group_size = first.group_size
         threads = lib.qmatmul_threads(workers())
         self.weights = weights
         self.n_in, self.bits = first.n_in, first.bits
@@ -106,14 +140,14 @@ class QuantizedMatmul:
             column += w.n_out
 
     @staticmethod
-    def of(*modules: Any) -> QuantizedMatmul:
+    def of(*modules: Any, int8: bool = False) -> QuantizedMatmul:
         """From nn.QuantizedLinear / nn.QuantizedEmbedding modules; their biases, if all
         have one, are added."""
         biases = [m.get("bias") for m in modules]
         bias = None
         if all(b is not None for b in biases):
             bias = np.concatenate([np.asarray(b, dtype=np.float32) for b in biases])
-        return QuantizedMatmul([QuantizedWeight.of(m) for m in modules], bias)
+        return QuantizedMatmul([QuantizedWeight.of(m) for m in modules], bias, int8)
 
     def arrange(self, x: np.ndarray) -> np.ndarray:
         """x [rows, n_in] float32 in the order the kernel reads it (see qmatmul.c)."""
@@ -125,6 +159,8 @@ class QuantizedMatmul:
         return x
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
+        if self.int8:
+            return self._call_int8(x)
         lead = x.shape[:-1]
         xa = self.arrange(x.reshape(-1, self.n_in))
         rows = xa.shape[0]
@@ -137,6 +173,29 @@ class QuantizedMatmul:
                           yp, self.n_out, 0, w.n_out, split)
             if rc != 0:
                 raise ValueError("qmatmul refused its arguments")
+        if self.bias is not None:
+            out += self.bias
+        return out.reshape(*lead, self.n_out)
+
+    def _call_int8(self, x: np.ndarray) -> np.ndarray:
+        lead = x.shape[:-1]
+        x2 = np.ascontiguousarray(x.reshape(-1, self.n_in), dtype=np.float32)
+        rows, k = x2.shape
+        xq = np.empty((rows, k), np.int8)
+        dx = np.empty((rows, k // CHUNK), np.float32)
+        xg = np.empty((rows, k // self.group_size), np.float32)
+        self._quantize(x2.ctypes.data_as(_F32P), rows, k, self.group_size, self.bits,
+                       xq.ctypes.data_as(_I8P), dx.ctypes.data_as(_F32P),
+                       xg.ctypes.data_as(_F32P))
+        out = np.empty((rows, self.n_out), np.float32)
+        qp, dp, gp = xq.ctypes.data_as(_I8P), dx.ctypes.data_as(_F32P), xg.ctypes.data_as(_F32P)
+        base = out.ctypes.data
+        for w, column, split, (wp, sp, bp) in self.parts:
+            yp = ctypes.cast(base + 4 * column, _F32P)
+            rc = self._fn_i8(qp, dp, gp, rows, k, wp, sp, bp, w.group_size, w.bits,
+                             yp, self.n_out, 0, w.n_out, split)
+            if rc != 0:
+                raise ValueError("qmatmul_i8 refused its arguments")
         if self.bias is not None:
             out += self.bias
         return out.reshape(*lead, self.n_out)

@@ -108,3 +108,12 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.qmatmul_mt.restype = i
     lib.qmatmul_threads.argtypes = [i]
     lib.qmatmul_threads.restype = i
+    i8 = ctypes.POINTER(ctypes.c_int8)
+    lib.qmatmul_vnni.argtypes = []
+    lib.qmatmul_vnni.restype = i
+    lib.quantize_rows.argtypes = [f32, i, i, i, i, i8, f32, f32]
+    lib.quantize_rows.restype = None
+    lib.qmatmul_i8_mt.argtypes = [i8, f32, f32, i, i, u32, f32, f32, i, i, f32, i, i, i, i]
+    lib.qmatmul_i8_mt.restype = i
+    lib.dequantize_mt.argtypes = [u32, f32, f32, i, i, i, i, f32, i]
+    lib.dequantize_mt.restype = i

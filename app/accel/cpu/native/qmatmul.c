@@ -146,6 +146,162 @@ int qmatmul(const float *x, int rows, int K, const uint32_t *w, const float *sca
     return 0;
 }
 
+/* ---- dequantize ------------------------------------------------------------------
+ * Rows [n0, n1) of W as float32 into out[n * K + k] (a prefill's sgemm operand): the
+ * compiler vectorizes the plain loop; one pass over the packed bytes, one write. */
+void dequantize_rows(const uint32_t *w, const float *scales, const float *biases, int K,
+                     int G, int bits, float *out, int n0, int n1) {
+    const int row_bytes = K * bits / 8, groups = K / G;
+    for (int n = n0; n < n1; n++) {
+        const uint8_t *wn = (const uint8_t *)w + (int64_t)n * row_bytes;
+        float *o = out + (int64_t)n * K;
+        for (int g = 0; g < groups; g++) {
+            const float s = scales[(int64_t)n * groups + g], b = biases[(int64_t)n * groups + g];
+            if (bits == 4) {
+                const uint8_t *src = wn + g * G / 2;
+                float *dst = o + g * G;
+                for (int i = 0; i < G / 2; i++) {
+                    dst[2 * i] = (float)(src[i] & 0xF) * s + b;
+                    dst[2 * i + 1] = (float)(src[i] >> 4) * s + b;
+                }
+            } else {
+                const uint8_t *src = wn + g * G;
+                float *dst = o + g * G;
+                for (int i = 0; i < G; i++) dst[i] = (float)src[i] * s + b;
+            }
+        }
+    }
+}
+
+/* ---- int8 activations (AVX-512 VNNI) ----------------------------------------------
+ * As llama.cpp does on CPUs: x is quantized per block of 32 to int8 with one float scale
+ * (absmax / 127), and each block's products with the unsigned 4- or 8-bit weights are
+ * summed in int32 by VPDPBUSD (64 multiply-adds an instruction), then scaled once per
+ * block: sum_k w x = sum_blocks s_w dx sum(q xq) + sum_groups b_w sum(x). Half the
+ * instructions per weight of the float path at one row; the activations' rounding (at most
+ * half a step of 1/127 of a block's largest value) is the price.
+ *
+ * Blocks go two at a time (64 inputs, one 512-bit register of bytes). 4-bit: 32 bytes
+ * hold both blocks; their low nibbles (even elements) then high nibbles (odd ones) fill
+ * the register, so xq is laid out per 64 inputs as A evens, B evens, A odds, B odds.
+ * 8-bit: in order. K must be a multiple of 64, G 32 or a multiple of 64.
+ */
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+#define HAVE_VNNI 1
+#else
+#define HAVE_VNNI 0
+#endif
+
+int qmatmul_vnni(void) { return HAVE_VNNI; }
+
+/* xq [rows, K] int8 in the kernel's order, dx [rows, K/32], xg [rows, K/G] (sum of x per
+ * weight group, for the bias term). */
+void quantize_rows(const float *x, int rows, int K, int G, int bits, int8_t *xq, float *dx,
+                   float *xg) {
+    for (int r = 0; r < rows; r++) {
+        const float *xr = x + (int64_t)r * K;
+        int8_t *qr = xq + (int64_t)r * K;
+        for (int g = 0; g < K / G; g++) xg[(int64_t)r * (K / G) + g] = 0.0f;
+        for (int b = 0; b < K / 32; b++) {
+            const float *xb = xr + 32 * b;
+            float amax = 0.0f, sum = 0.0f;
+            for (int i = 0; i < 32; i++) {
+                const float a = xb[i] < 0 ? -xb[i] : xb[i];
+                if (a > amax) amax = a;
+            }
+            const float d = amax / 127.0f, inv = amax > 0 ? 127.0f / amax : 0.0f;
+            dx[(int64_t)r * (K / 32) + b] = d;
+            const int pair = b & ~1, second = b & 1;  /* position within its 64 inputs */
+            for (int i = 0; i < 32; i++) {
+                const float v = xb[i] * inv;
+                const int q = (int)(v + (v >= 0 ? 0.5f : -0.5f));
+                sum += (float)q;
+                int at;
+                if (bits == 4)  /* A evens, B evens, A odds, B odds */
+                    at = 32 * pair + (i & 1) * 32 + second * 16 + (i >> 1);
+                else
+                    at = 32 * b + i;
+                qr[at] = (int8_t)q;
+            }
+            xg[(int64_t)r * (K / G) + (32 * b) / G] += sum * d;
+        }
+    }
+}
+
+#if HAVE_VNNI
+static inline float dot_bias(const float *bn, const float *xg, int groups) {
+    __m512 acc = _mm512_setzero_ps();
+    for (int g = 0; g < groups; g += 16) {
+        const __mmask16 m = groups - g >= 16 ? 0xFFFF : (__mmask16)((1u << (groups - g)) - 1);
+        acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, bn + g), _mm512_maskz_loadu_ps(m, xg + g), acc);
+    }
+    return _mm512_reduce_add_ps(acc);
+}
+
+static void tile_i8(const int8_t *xq, const float *dx, const float *xg, int rows, int K,
+                    const uint8_t *w, const float *scales, const float *biases, int G,
+                    int bits, float *y, int ldy, int n0, int n1) {
+    const int row_bytes = K * bits / 8, groups = K / G, blocks = K / 32;
+    const __m512i idx = bits == 4
+        ? _mm512_set_epi32(1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0)
+        : _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+    const __m256i low4 = _mm256_set1_epi8(0x0F);
+    for (int n = n0; n < n1; n++) {
+        const uint8_t *wn = w + (int64_t)n * row_bytes;
+        const float *sn = scales + (int64_t)n * groups;
+        __m512 acc[ROW_TILE];
+        for (int r = 0; r < rows; r++) acc[r] = _mm512_setzero_ps();
+        for (int k = 0; k < K; k += 64) {
+            __m512i w8;
+            if (bits == 4) {
+                const __m256i v = _mm256_loadu_si256((const __m256i *)(wn + k / 2));
+                const __m256i lo = _mm256_and_si256(v, low4);
+                const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low4);
+                w8 = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+            } else {
+                w8 = _mm512_loadu_si512((const void *)(wn + k));
+            }
+            const __m128 sp = G == 32 ? _mm_castpd_ps(_mm_load_sd((const double *)(sn + k / 32)))
+                                      : _mm_set1_ps(sn[k / G]);
+            for (int r = 0; r < rows; r++) {
+                const __m512i xv = _mm512_loadu_si512((const void *)(xq + (int64_t)r * K + k));
+                const __m512i d = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w8, xv);
+                const __m128 dp = _mm_castpd_ps(_mm_load_sd((const double *)(dx + (int64_t)r * blocks + k / 32)));
+                const __m512 sd = _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(_mm_mul_ps(sp, dp)));
+                acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), sd, acc[r]);
+            }
+        }
+        const float *bn = biases + (int64_t)n * groups;
+        for (int r = 0; r < rows; r++)
+            y[(int64_t)r * ldy + n] = _mm512_reduce_add_ps(acc[r])
+                + dot_bias(bn, xg + (int64_t)r * groups, groups);
+    }
+}
+#endif
+
+/* y[r * ldy + n], n in [n0, n1), from quantize_rows' xq/dx/xg. Returns -1 where VNNI is
+ * missing or the shapes do not fit (K % 64, G neither 32 nor a multiple of 64). */
+int qmatmul_i8(const int8_t *xq, const float *dx, const float *xg, int rows, int K,
+               const uint32_t *w, const float *scales, const float *biases, int G, int bits,
+               float *y, int ldy, int n0, int n1) {
+#if HAVE_VNNI
+    if (K % 64 || K % G || !(G == 32 || G % 64 == 0) || (bits != 4 && bits != 8) || n0 < 0
+        || n0 > n1 || n1 > ldy)
+        return -1;
+    for (int r0 = 0; r0 < rows; r0 += ROW_TILE) {
+        const int r = rows - r0 < ROW_TILE ? rows - r0 : ROW_TILE;
+        tile_i8(xq + (int64_t)r0 * K, dx + (int64_t)r0 * (K / 32), xg + (int64_t)r0 * (K / G),
+                r, K, (const uint8_t *)w, scales, biases, G, bits, y + (int64_t)r0 * ldy, ldy,
+                n0, n1);
+    }
+    return 0;
+#else
+    (void)xq; (void)dx; (void)xg; (void)rows; (void)K; (void)w; (void)scales; (void)biases;
+    (void)G; (void)bits; (void)y; (void)ldy; (void)n0; (void)n1;
+    return -1;
+#endif
+}
+
 /* ---- the same split over threads ---------------------------------------------------
  * A decode step makes ~150 matmul calls of 0.1-1 ms each: handing each to Python threads
  * costs about as much as it saves. These workers live for the process and spin briefly
@@ -168,6 +324,8 @@ int qmatmul(const float *x, int rows, int K, const uint32_t *w, const float *sca
 typedef struct {
     const float *x; int rows, K; const uint32_t *w; const float *scales, *biases;
     int G, bits; float *y; int ldy; int n0, n1, chunk, chunks;
+    const int8_t *xq; const float *dx, *xg;  /* set: the int8 kernel */
+    float *dequantized;  /* set: dequantize_rows into it */
 } job_t;
 
 static job_t job;
@@ -205,8 +363,15 @@ static void work(unsigned call) {
             continue;
         const int a = job.n0 + c * job.chunk;
         const int b = a + job.chunk < job.n1 ? a + job.chunk : job.n1;
-        qmatmul(job.x, job.rows, job.K, job.w, job.scales, job.biases, job.G, job.bits,
-                job.y, job.ldy, a, b);
+        if (job.dequantized)
+            dequantize_rows(job.w, job.scales, job.biases, job.K, job.G, job.bits,
+                            job.dequantized, a, b);
+        else if (job.xq)
+            qmatmul_i8(job.xq, job.dx, job.xg, job.rows, job.K, job.w, job.scales,
+                       job.biases, job.G, job.bits, job.y, job.ldy, a, b);
+        else
+            qmatmul(job.x, job.rows, job.K, job.w, job.scales, job.biases, job.G, job.bits,
+                    job.y, job.ldy, a, b);
         atomic_fetch_add_explicit(&done, 1, memory_order_release);
     }
 }
@@ -245,29 +410,75 @@ int qmatmul_threads(int threads) {
     return n_workers + 1;
 }
 
+/* Run the job set up in `job` over the workers and the caller; returns when done. */
+static void share(int threads) {
+    int chunk = (job.n1 - job.n0 + threads * CHUNKS_PER_THREAD - 1) / (threads * CHUNKS_PER_THREAD);
+    if (chunk < MIN_CHUNK_COLUMNS) chunk = MIN_CHUNK_COLUMNS;
+    job.chunk = chunk;
+    job.chunks = (job.n1 - job.n0 + chunk - 1) / chunk;
+    atomic_store_explicit(&done, 0, memory_order_relaxed);
+    const unsigned call = (unsigned)(atomic_load(&ticket) >> 32) + 1;
+    atomic_store_explicit(&ticket, (unsigned long long)call << 32, memory_order_release);
+    if (job.chunks > 1) {
+        pthread_mutex_lock(&lock);
+        pthread_cond_broadcast(&wake);
+        pthread_mutex_unlock(&lock);
+    }
+    work(call);
+    while (atomic_load_explicit(&done, memory_order_acquire) < job.chunks) relax();
+}
+
+static int checked(int K, int G, int bits, int n0, int n1, int ldy) {
+    return !(K % CHUNK || G % CHUNK || K % G || (bits != 4 && bits != 8) || n0 < 0 || n0 > n1
+             || n1 > ldy);
+}
+
 /* qmatmul over [n0, n1) shared with the workers (`threads` <= qmatmul_threads() of
  * them, the caller included); returns when all of it is done. One caller thread only. */
 int qmatmul_mt(const float *x, int rows, int K, const uint32_t *w, const float *scales,
                const float *biases, int G, int bits, float *y, int ldy, int n0, int n1,
                int threads) {
     if (threads > n_workers + 1) threads = n_workers + 1;
-    int chunk = (n1 - n0 + threads * CHUNKS_PER_THREAD - 1) / (threads * CHUNKS_PER_THREAD);
-    if (chunk < MIN_CHUNK_COLUMNS) chunk = MIN_CHUNK_COLUMNS;
-    if (threads <= 1 || n1 - n0 <= chunk)
+    if (threads <= 1 || n1 - n0 <= 2 * MIN_CHUNK_COLUMNS)
         return qmatmul(x, rows, K, w, scales, biases, G, bits, y, ldy, n0, n1);
-    if (K % CHUNK || G % CHUNK || K % G || (bits != 4 && bits != 8) || n0 < 0 || n0 > n1
-        || n1 > ldy)
-        return -1;
+    if (!checked(K, G, bits, n0, n1, ldy)) return -1;
     job.x = x; job.rows = rows; job.K = K; job.w = w; job.scales = scales;
     job.biases = biases; job.G = G; job.bits = bits; job.y = y; job.ldy = ldy;
-    job.n0 = n0; job.n1 = n1; job.chunk = chunk; job.chunks = (n1 - n0 + chunk - 1) / chunk;
-    atomic_store_explicit(&done, 0, memory_order_relaxed);
-    const unsigned call = (unsigned)(atomic_load(&ticket) >> 32) + 1;
-    atomic_store_explicit(&ticket, (unsigned long long)call << 32, memory_order_release);
-    pthread_mutex_lock(&lock);
-    pthread_cond_broadcast(&wake);
-    pthread_mutex_unlock(&lock);
-    work(call);
-    while (atomic_load_explicit(&done, memory_order_acquire) < job.chunks) relax();
+    job.n0 = n0; job.n1 = n1; job.xq = NULL; job.dx = NULL; job.xg = NULL;
+    job.dequantized = NULL;
+    share(threads);
+    return 0;
+}
+
+/* qmatmul_i8 the same way. */
+int qmatmul_i8_mt(const int8_t *xq, const float *dx, const float *xg, int rows, int K,
+                  const uint32_t *w, const float *scales, const float *biases, int G,
+                  int bits, float *y, int ldy, int n0, int n1, int threads) {
+    if (threads > n_workers + 1) threads = n_workers + 1;
+    if (threads <= 1 || n1 - n0 <= 2 * MIN_CHUNK_COLUMNS || !HAVE_VNNI)
+        return qmatmul_i8(xq, dx, xg, rows, K, w, scales, biases, G, bits, y, ldy, n0, n1);
+    if (!checked(K, G, bits, n0, n1, ldy) || K % 64 || !(G == 32 || G % 64 == 0)) return -1;
+    job.x = NULL; job.rows = rows; job.K = K; job.w = w; job.scales = scales;
+    job.biases = biases; job.G = G; job.bits = bits; job.y = y; job.ldy = ldy;
+    job.n0 = n0; job.n1 = n1; job.xq = xq; job.dx = dx; job.xg = xg;
+    job.dequantized = NULL;
+    share(threads);
+    return 0;
+}
+
+/* dequantize_rows of all N rows, shared the same way. */
+int dequantize_mt(const uint32_t *w, const float *scales, const float *biases, int N, int K,
+                  int G, int bits, float *out, int threads) {
+    if (K % CHUNK || G % CHUNK || K % G || (bits != 4 && bits != 8)) return -1;
+    if (threads > n_workers + 1) threads = n_workers + 1;
+    if (threads <= 1 || N <= 2 * MIN_CHUNK_COLUMNS) {
+        dequantize_rows(w, scales, biases, K, G, bits, out, 0, N);
+        return 0;
+    }
+    job.x = NULL; job.rows = 0; job.K = K; job.w = w; job.scales = scales;
+    job.biases = biases; job.G = G; job.bits = bits; job.y = NULL; job.ldy = 0;
+    job.n0 = 0; job.n1 = N; job.xq = NULL; job.dx = NULL; job.xg = NULL;
+    job.dequantized = out;
+    share(threads);
     return 0;
 }
