@@ -428,6 +428,15 @@ static void share(int threads) {
     while (atomic_load_explicit(&done, memory_order_acquire) < job.chunks) relax();
 }
 
+static void set_job(const float *x, const int8_t *xq, const float *dx, const float *xg,
+                    float *dequantized, int rows, int K, const uint32_t *w,
+                    const float *scales, const float *biases, int G, int bits, float *y,
+                    int ldy, int n0, int n1) {
+    job.x = x; job.xq = xq; job.dx = dx; job.xg = xg; job.dequantized = dequantized;
+    job.rows = rows; job.K = K; job.w = w; job.scales = scales; job.biases = biases;
+    job.G = G; job.bits = bits; job.y = y; job.ldy = ldy; job.n0 = n0; job.n1 = n1;
+}
+
 static int checked(int K, int G, int bits, int n0, int n1, int ldy) {
     return !(K % CHUNK || G % CHUNK || K % G || (bits != 4 && bits != 8) || n0 < 0 || n0 > n1
              || n1 > ldy);
@@ -442,10 +451,7 @@ int qmatmul_mt(const float *x, int rows, int K, const uint32_t *w, const float *
     if (threads <= 1 || n1 - n0 <= 2 * MIN_CHUNK_COLUMNS)
         return qmatmul(x, rows, K, w, scales, biases, G, bits, y, ldy, n0, n1);
     if (!checked(K, G, bits, n0, n1, ldy)) return -1;
-    job.x = x; job.rows = rows; job.K = K; job.w = w; job.scales = scales;
-    job.biases = biases; job.G = G; job.bits = bits; job.y = y; job.ldy = ldy;
-    job.n0 = n0; job.n1 = n1; job.xq = NULL; job.dx = NULL; job.xg = NULL;
-    job.dequantized = NULL;
+    set_job(x, NULL, NULL, NULL, NULL, rows, K, w, scales, biases, G, bits, y, ldy, n0, n1);
     share(threads);
     return 0;
 }
@@ -458,10 +464,7 @@ int qmatmul_i8_mt(const int8_t *xq, const float *dx, const float *xg, int rows, 
     if (threads <= 1 || n1 - n0 <= 2 * MIN_CHUNK_COLUMNS || !HAVE_VNNI)
         return qmatmul_i8(xq, dx, xg, rows, K, w, scales, biases, G, bits, y, ldy, n0, n1);
     if (!checked(K, G, bits, n0, n1, ldy) || K % 64 || !(G == 32 || G % 64 == 0)) return -1;
-    job.x = NULL; job.rows = rows; job.K = K; job.w = w; job.scales = scales;
-    job.biases = biases; job.G = G; job.bits = bits; job.y = y; job.ldy = ldy;
-    job.n0 = n0; job.n1 = n1; job.xq = xq; job.dx = dx; job.xg = xg;
-    job.dequantized = NULL;
+    set_job(NULL, xq, dx, xg, NULL, rows, K, w, scales, biases, G, bits, y, ldy, n0, n1);
     share(threads);
     return 0;
 }
@@ -475,10 +478,7 @@ int dequantize_mt(const uint32_t *w, const float *scales, const float *biases, i
         dequantize_rows(w, scales, biases, K, G, bits, out, 0, N);
         return 0;
     }
-    job.x = NULL; job.rows = 0; job.K = K; job.w = w; job.scales = scales;
-    job.biases = biases; job.G = G; job.bits = bits; job.y = NULL; job.ldy = 0;
-    job.n0 = 0; job.n1 = N; job.xq = NULL; job.dx = NULL; job.xg = NULL;
-    job.dequantized = out;
+    set_job(NULL, NULL, NULL, NULL, out, 0, K, w, scales, biases, G, bits, NULL, 0, 0, N);
     share(threads);
     return 0;
 }
