@@ -37,9 +37,14 @@ int qmatmul_isa(void) {
 #endif
 }
 
-/* Rows [0, rows) of one tile, rows <= ROW_TILE; x rows are K floats apart, y rows ldy. */
-static void tile(const float *x, int rows, int K, const uint8_t *w, const float *scales,
-                 const float *biases, int G, int bits, float *y, int ldy, int n0, int n1) {
+/* Rows [0, rows) of one tile, rows <= ROW_TILE; x rows are K floats apart, y rows ldy.
+ * Always inlined into `tile_any`, which calls it with constant rows and bits: the row
+ * loops unroll and the accumulators stay in registers (with a run-time row count they
+ * lived on the stack, a store and a load around every multiply-add). Two accumulators a
+ * row break the chain of dependent multiply-adds that a single row would wait on. */
+static inline __attribute__((always_inline)) void
+tile(const float *x, const int rows, int K, const uint8_t *w, const float *scales,
+     const float *biases, int G, const int bits, float *y, int ldy, int n0, int n1) {
     const int row_bytes = K * bits / 8;
     const int groups = K / G;
     for (int n = n0; n < n1; n++) {
@@ -47,8 +52,8 @@ static void tile(const float *x, int rows, int K, const uint8_t *w, const float 
         const float *sn = scales + (int64_t)n * groups;
         const float *bn = biases + (int64_t)n * groups;
 #if defined(__AVX512F__)
-        __m512 acc[ROW_TILE];
-        for (int r = 0; r < rows; r++) acc[r] = _mm512_setzero_ps();
+        __m512 acc[ROW_TILE], acc2[ROW_TILE];
+        for (int r = 0; r < rows; r++) acc[r] = acc2[r] = _mm512_setzero_ps();
         for (int k = 0; k < K; k += CHUNK) {
             const __m512 s = _mm512_set1_ps(sn[k / G]);
             const __m512 b = _mm512_set1_ps(bn[k / G]);
@@ -68,10 +73,11 @@ static void tile(const float *x, int rows, int K, const uint8_t *w, const float 
             for (int r = 0; r < rows; r++) {
                 const float *xr = x + (int64_t)r * K + k;
                 acc[r] = _mm512_fmadd_ps(wa, _mm512_loadu_ps(xr), acc[r]);
-                acc[r] = _mm512_fmadd_ps(wb, _mm512_loadu_ps(xr + 16), acc[r]);
+                acc2[r] = _mm512_fmadd_ps(wb, _mm512_loadu_ps(xr + 16), acc2[r]);
             }
         }
-        for (int r = 0; r < rows; r++) y[(int64_t)r * ldy + n] = _mm512_reduce_add_ps(acc[r]);
+        for (int r = 0; r < rows; r++)
+            y[(int64_t)r * ldy + n] = _mm512_reduce_add_ps(_mm512_add_ps(acc[r], acc2[r]));
 #elif defined(__AVX2__) && defined(__FMA__)
         __m256 acc[ROW_TILE];
         for (int r = 0; r < rows; r++) acc[r] = _mm256_setzero_ps();
@@ -130,6 +136,22 @@ static void tile(const float *x, int rows, int K, const uint8_t *w, const float 
     }
 }
 
+#define TILE_CASE(R)                                                                     \
+    case R:                                                                              \
+        if (bits == 4) tile(x, R, K, w, scales, biases, G, 4, y, ldy, n0, n1);           \
+        else tile(x, R, K, w, scales, biases, G, 8, y, ldy, n0, n1);                     \
+        break;
+
+static void tile_any(const float *x, int rows, int K, const uint8_t *w, const float *scales,
+                     const float *biases, int G, int bits, float *y, int ldy, int n0,
+                     int n1) {
+    switch (rows) {
+        TILE_CASE(1) TILE_CASE(2) TILE_CASE(3) TILE_CASE(4)
+        TILE_CASE(5) TILE_CASE(6) TILE_CASE(7) TILE_CASE(8)
+        default: break;
+    }
+}
+
 /* y[r * ldy + n] for r < rows, n in [n0, n1) of the weight's N rows: K a multiple of
  * 32, G a multiple of 32 dividing K, bits 4 or 8, ldy >= n1 (several weights can fill
  * one output side by side). Returns 0, or -1 for arguments it cannot take. */
@@ -140,8 +162,8 @@ int qmatmul(const float *x, int rows, int K, const uint32_t *w, const float *sca
         return -1;
     for (int r0 = 0; r0 < rows; r0 += ROW_TILE) {
         const int r = rows - r0 < ROW_TILE ? rows - r0 : ROW_TILE;
-        tile(x + (int64_t)r0 * K, r, K, (const uint8_t *)w, scales, biases, G, bits,
-             y + (int64_t)r0 * ldy, ldy, n0, n1);
+        tile_any(x + (int64_t)r0 * K, r, K, (const uint8_t *)w, scales, biases, G, bits,
+                 y + (int64_t)r0 * ldy, ldy, n0, n1);
     }
     return 0;
 }
@@ -238,9 +260,10 @@ static inline float dot_bias(const float *bn, const float *xg, int groups) {
     return _mm512_reduce_add_ps(acc);
 }
 
-static void tile_i8(const int8_t *xq, const float *dx, const float *xg, int rows, int K,
-                    const uint8_t *w, const float *scales, const float *biases, int G,
-                    int bits, float *y, int ldy, int n0, int n1) {
+static inline __attribute__((always_inline)) void
+tile_i8(const int8_t *xq, const float *dx, const float *xg, const int rows, int K,
+        const uint8_t *w, const float *scales, const float *biases, int G, const int bits,
+        float *y, int ldy, int n0, int n1) {
     const int row_bytes = K * bits / 8, groups = K / G, blocks = K / 32;
     const __m512i idx = bits == 4
         ? _mm512_set_epi32(1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0)
@@ -277,6 +300,21 @@ static void tile_i8(const int8_t *xq, const float *dx, const float *xg, int rows
                 + dot_bias(bn, xg + (int64_t)r * groups, groups);
     }
 }
+#define TILE_I8_CASE(R)                                                                  \
+    case R:                                                                              \
+        if (bits == 4) tile_i8(xq, dx, xg, R, K, w, scales, biases, G, 4, y, ldy, n0, n1); \
+        else tile_i8(xq, dx, xg, R, K, w, scales, biases, G, 8, y, ldy, n0, n1);         \
+        break;
+
+static void tile_i8_any(const int8_t *xq, const float *dx, const float *xg, int rows, int K,
+                        const uint8_t *w, const float *scales, const float *biases, int G,
+                        int bits, float *y, int ldy, int n0, int n1) {
+    switch (rows) {
+        TILE_I8_CASE(1) TILE_I8_CASE(2) TILE_I8_CASE(3) TILE_I8_CASE(4)
+        TILE_I8_CASE(5) TILE_I8_CASE(6) TILE_I8_CASE(7) TILE_I8_CASE(8)
+        default: break;
+    }
+}
 #endif
 
 /* y[r * ldy + n], n in [n0, n1), from quantize_rows' xq/dx/xg. Returns -1 where VNNI is
@@ -290,9 +328,9 @@ int qmatmul_i8(const int8_t *xq, const float *dx, const float *xg, int rows, int
         return -1;
     for (int r0 = 0; r0 < rows; r0 += ROW_TILE) {
         const int r = rows - r0 < ROW_TILE ? rows - r0 : ROW_TILE;
-        tile_i8(xq + (int64_t)r0 * K, dx + (int64_t)r0 * (K / 32), xg + (int64_t)r0 * (K / G),
-                r, K, (const uint8_t *)w, scales, biases, G, bits, y + (int64_t)r0 * ldy, ldy,
-                n0, n1);
+        tile_i8_any(xq + (int64_t)r0 * K, dx + (int64_t)r0 * (K / 32),
+                    xg + (int64_t)r0 * (K / G), r, K, (const uint8_t *)w, scales, biases, G,
+                    bits, y + (int64_t)r0 * ldy, ldy, n0, n1);
     }
     return 0;
 #else
