@@ -58,7 +58,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.completions = CompletionService(engine, registry, settings)
         app.state.transcribe = TranscriptionService(engine, registry, settings)
         app.state.embeddings = EmbeddingService(engine, registry)
-        stored = settings.kv_dir / "responses" if settings.kv_dir is not None else None
+        stored = settings.responses_dir or \
+            (settings.kv_dir / "responses" if settings.kv_dir is not None else None)
         app.state.responses = ResponsesService(app.state.chat, ResponseStore(stored))
         app.state.load_error = None
         loader = asyncio.create_task(_eager_load(app)) if settings.eager_load else None

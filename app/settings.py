@@ -66,6 +66,10 @@ class Settings(BaseSettings):
     """Byte budget over all resident KV caches; None = derived from available memory."""
     kv_dir: Path | None = None
     """Directory for spilled/persisted session caches; None = no persistence."""
+    responses_dir: Path | None = None
+    """Directory of stored responses (store=true); None = kv_dir/responses (or memory only
+    without kv_dir). Replicas behind one proxy can share it, each keeping its own kv_dir:
+    a conversation whose replica stopped continues on another."""
     max_audio_bytes: int = 25 * 1024 * 1024
     """Largest accepted audio upload in bytes (413 above it)."""
     max_audio_seconds: float = 2 * 3600

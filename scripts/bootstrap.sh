@@ -30,7 +30,8 @@ install_apt_packages() {
     local want=(libopenblas0-pthread)
     # a C compiler builds the CPU's quantized kernels at first use (app/accel/cpu/native/)
     command -v cc >/dev/null 2>&1 || want+=(gcc libc6-dev)
-    if [[ "$WANT_DEV" == "dev" ]]; then want+=(pocketsphinx-testdata); fi
+    # the test suite: speech clips, and the proxy of the replica tests (deploy/)
+    if [[ "$WANT_DEV" == "dev" ]]; then want+=(pocketsphinx-testdata haproxy); fi
     local missing=()
     for p in "${want[@]}"; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

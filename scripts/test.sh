@@ -9,7 +9,7 @@ cd "$ROOT"
 bash scripts/bootstrap.sh dev
 export HF_HUB_OFFLINE=1  # tests never touch the network
 echo "test.sh: ruff, import contracts, mypy" >&2
-.venv/bin/ruff check app tests bench
+.venv/bin/ruff check app tests bench deploy
 .venv/bin/lint-imports --no-cache >/dev/null || { .venv/bin/lint-imports --no-cache; exit 1; }
 .venv/bin/mypy app
 set +e

@@ -53,6 +53,9 @@ logger = logging.getLogger(__name__)
 SESSION_PREFIX = "resp:"
 
 
+RESPONSE_ID_HEADER = "x-mlxd-response-id"
+
+
 @dataclass(slots=True)
 class PreparedResponse:
     body: ResponsesRequest
@@ -75,9 +78,12 @@ class ResponsesService:
                      scope: CacheScope = SHARED) -> Reply:
         prep = await self.prepare(body, scope)
         streams = await guard(self.chat.start(prep.chat))
+        # the id before the body: a proxy keeps a conversation on this replica by it
+        # (deploy/haproxy.cfg sticks previous_response_id to the server that sent it)
+        headers = {RESPONSE_ID_HEADER: prep.id}
         if body.stream:
-            return Streamed(self.stream(prep, streams), dict(SSE_HEADERS))
-        return Complete(await guard(self.complete(prep, streams)))
+            return Streamed(self.stream(prep, streams), {**SSE_HEADERS, **headers})
+        return Complete(await guard(self.complete(prep, streams)), headers=headers)
 
     # -- stored responses ----------------------------------------------------------------
     async def get(self, response_id: str, scope: CacheScope = SHARED) -> dict[str, Any]:
