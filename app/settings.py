@@ -31,8 +31,11 @@ class Settings(BaseSettings):
     """Transcription model used by default; None = first transcription model."""
     eager_load: bool = True
     """Load the default chat model at start-up (/health is 503 until it is ready)."""
-    max_batch: int = 32
-    """Most sequences decoding together in one step, per model."""
+    max_batch: int | None = None
+    """Most sequences decoding together in one step, per model; None = from memory: as
+    many sequences of a typical length as the KV budget holds (app/kv/sizing.py's
+    `batch_from_memory`), at most 256 on a GPU and 32 on a CPU, whose steps are
+    compute-bound long before."""
     prefill_chunk: int = 512
     """Prompt tokens per prefill step while nothing else is decoding."""
     prefill_busy_seconds: float = 0.25

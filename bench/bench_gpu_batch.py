@@ -5,7 +5,12 @@ download is needed): ours through the full Engine (scheduler, sampler, streams),
 the peer through `mlx_lm.generate.BatchGenerator`. Meant for the GPU machine
 (`mlx[cuda13]`), runs anywhere.
 
-    python bench/bench_gpu_batch.py --geometry 8b --batches 1,8,32,64 --tokens 128
+    python bench/bench_gpu_batch.py --geometry 8b --batches 1,8,32,64 --tokens 128 \
+        [--max-batch auto|N,...]
+
+`--max-batch` takes a comma list: each value runs every batch size (`auto`: mlxd's own
+limit from the KV budget, Settings.max_batch None), so a fixed limit and the derived
+one compare in one run; the peer runs once per batch size.
 """
 
 from __future__ import annotations
@@ -82,7 +87,8 @@ def prompts(batch: int, length: int, vocab: int, seed: int) -> list[list[int]]:
     return mx.random.randint(0, vocab, (batch, length)).tolist()  # type: ignore[return-value]
 
 
-async def run_ours(model: Any, vocab: int, batch: int, plen: int, tokens: int) -> Run:
+async def run_ours(model: Any, vocab: int, batch: int, plen: int, tokens: int,
+                   max_batch: int | None = None) -> Run:
     from app.engine.engine import Engine
     from app.engine.request import Delta, Finished, GenerationRequest, SamplingParams
     from app.models.registry import ModelSource, ModelSpec, Registry
@@ -90,7 +96,7 @@ async def run_ours(model: Any, vocab: int, batch: int, plen: int, tokens: int) -
     from app.settings import Settings
 
     spec = ModelSpec("bench", "chat", ModelSource(path="/nonexistent"))
-    engine = Engine(Settings(eager_load=False, max_batch=max(64, batch), kv_cache=False),
+    engine = Engine(Settings(eager_load=False, max_batch=max_batch, kv_cache=False),
                     Registry([spec]))
     engine.start(asyncio.get_running_loop())
     loaded = LoadedChatModel(model, NullTokenizer(vocab), "bench", 1 << 20, "bench")  # type: ignore[arg-type]
@@ -149,7 +155,9 @@ def main() -> None:
     ap.add_argument("--batches", default="1,8,32")
     ap.add_argument("--prompt", type=int, default=128)
     ap.add_argument("--tokens", type=int, default=128)
+    ap.add_argument("--max-batch", default="auto", help="comma list of N or auto")
     args = ap.parse_args()
+    limits = [None if x == "auto" else int(x) for x in args.max_batch.split(",")]
     model = build_model(args.geometry, getattr(mx, args.dtype))
     vocab = GEOMETRIES[args.geometry]["vocab_size"]
     print(f"device {mx.default_device()}, geometry {args.geometry}, {args.dtype}, "
@@ -157,14 +165,16 @@ def main() -> None:
     # warm-up both paths (kernel compilation, allocator)
     asyncio.run(run_ours(model, vocab, 2, 16, 4))
     run_peer(model, vocab, 2, 16, 4)
-    print("| batch | ours decode tok/s | peer decode tok/s | ratio | ours wall s | peer wall s |")
-    print("|---:|---:|---:|---:|---:|---:|")
+    print("| batch | max_batch | ours decode tok/s | peer decode tok/s | ratio | ours wall s "
+          "| peer wall s |")
+    print("|---:|---:|---:|---:|---:|---:|---:|")
     for b in [int(x) for x in args.batches.split(",")]:
-        ours = asyncio.run(run_ours(model, vocab, b, args.prompt, args.tokens))
         peer = run_peer(model, vocab, b, args.prompt, args.tokens)
-        print(f"| {b} | {ours.decode_tps:.1f} | {peer.decode_tps:.1f} | "
-              f"{ours.decode_tps / peer.decode_tps:.2f} | {ours.wall:.2f} | {peer.wall:.2f} |",
-              flush=True)
+        for limit in limits:
+            ours = asyncio.run(run_ours(model, vocab, b, args.prompt, args.tokens, limit))
+            print(f"| {b} | {limit or 'auto'} | {ours.decode_tps:.1f} | {peer.decode_tps:.1f} | "
+                  f"{ours.decode_tps / peer.decode_tps:.2f} | {ours.wall:.2f} | "
+                  f"{peer.wall:.2f} |", flush=True)
 
 
 if __name__ == "__main__":

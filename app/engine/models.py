@@ -27,11 +27,12 @@ from app.engine.embed import EmbedQueue
 from app.engine.kv_bridge import KVBridge, measure_kv_bytes_per_token
 from app.engine.runner import ChatRunner
 from app.engine.scheduler import Scheduler
-from app.kv.sizing import default_budget_bytes
+from app.kv.sizing import batch_from_memory, default_budget_bytes
 from app.kv.store import KVStore
 from app.metrics import EngineState, KVState, Metrics
 from app.models.bert import LoadedEmbeddingModel, load_bert
 from app.models.bert.tokenizer import EmbeddingTokenizer
+from app.models.device import on_cpu
 from app.models.registry import ModelSpec, Registry, resolve_parts, resolve_source
 from app.models.types import LoadedChatModel, TextTokenizer
 from app.models.whisper.load import WhisperBundle, load_whisper
@@ -155,13 +156,22 @@ class ModelManager:
         """Serve an already-loaded model (benchmarks build models in memory)."""
         ctx = min(spec.context_length or loaded.context_length, loaded.context_length)
         loaded.context_length = ctx
+        kv = self._kv_bridge(spec, loaded) if self.settings.kv_cache else None
+        max_batch = self.settings.max_batch
+        if max_batch is None:
+            budget = kv.store.stats.budget_bytes if kv is not None else \
+                self.settings.kv_budget_bytes or default_budget_bytes()
+            per_token = kv.bytes_per_token if kv is not None else \
+                measure_kv_bytes_per_token(loaded.model)
+            max_batch = batch_from_memory(budget, per_token, ctx, not on_cpu())
+            logger.info("%s: up to %d sequences a step (from the KV budget)", spec.id,
+                        max_batch)
         scheduler = Scheduler(
-            max_batch=self.settings.max_batch,
+            max_batch=max_batch,
             idle_chunk=self.settings.prefill_chunk,
             busy_chunk_seconds=self.settings.prefill_busy_seconds,
             idle_chunk_seconds=self.settings.prefill_idle_seconds,
         )
-        kv = self._kv_bridge(spec, loaded) if self.settings.kv_cache else None
         self.runners[spec.id] = ChatRunner(loaded, scheduler, kv, self.metrics.model(spec.id))
         handle = ChatModelHandle(spec, loaded.tokenizer, ctx, loaded.fingerprint, loaded.dtype)
         self._handles[spec.id] = handle

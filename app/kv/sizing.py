@@ -76,3 +76,20 @@ def default_budget_bytes(fraction: float = DEFAULT_BUDGET_FRACTION) -> int:
     logger.info("KV cache budget %.1f MiB (%.0f%% of %s %.1f MiB)",
                 budget / (1 << 20), fraction * 100, source, free / (1 << 20))
     return budget
+
+
+# What a sequence is assumed to hold when the batch limit is derived from memory: a chat
+# turn with its history. Admission still checks each request's own size against the budget.
+TYPICAL_SEQUENCE_TOKENS = 2048
+MIN_BATCH = 8
+MAX_BATCH_GPU = 256
+MAX_BATCH_CPU = 32
+
+
+def batch_from_memory(budget_bytes: int, bytes_per_token: int, context_length: int,
+                      on_gpu: bool) -> int:
+    """Most sequences to decode together: those of min(context, TYPICAL_SEQUENCE_TOKENS)
+    tokens that `budget_bytes` of KV cache holds, within [MIN_BATCH, the device's cap]."""
+    tokens = max(1, min(context_length, TYPICAL_SEQUENCE_TOKENS))
+    fits = budget_bytes // max(1, bytes_per_token * tokens)
+    return int(min(max(fits, MIN_BATCH), MAX_BATCH_GPU if on_gpu else MAX_BATCH_CPU))
