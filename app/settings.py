@@ -34,10 +34,12 @@ class Settings(BaseSettings):
     max_batch: int | None = None
     """Most sequences decoding together in one step, per model; None = from memory: as
     many sequences of a typical length as the KV budget holds (app/kv/sizing.py's
-    `batch_from_memory`), at most 256 on a GPU and 32 on a CPU, whose steps are
+    `batch_from_memory`), at most 64 on a GPU and 32 on a CPU, whose steps are
     compute-bound long before."""
-    prefill_chunk: int = 512
-    """Prompt tokens per prefill step while nothing else is decoding."""
+    prefill_chunk: int | None = None
+    """Most prompt tokens per prefill step (the step's time bounds it too); None = 512 on a
+    CPU, 4096 on a GPU, where a burst of many short prompts then prefills in a few steps
+    (bench/results/gpu-batch-from-memory.md)."""
     prefill_busy_seconds: float = 0.25
     """Target seconds per prefill chunk while other streams decode (keeps them flowing)."""
     prefill_idle_seconds: float = 1.0

@@ -40,6 +40,9 @@ from app.settings import Settings
 
 logger = logging.getLogger(__name__)
 
+CPU_PREFILL_CHUNK = 512
+GPU_PREFILL_CHUNK = 4096
+
 UNLOAD_CHECK_SECONDS = 1.0
 GGUF_MAGIC = b"GGUF"  # how often an idle engine looks for models past their TTL
 
@@ -168,7 +171,8 @@ class ModelManager:
                         max_batch)
         scheduler = Scheduler(
             max_batch=max_batch,
-            idle_chunk=self.settings.prefill_chunk,
+            idle_chunk=self.settings.prefill_chunk or
+            (CPU_PREFILL_CHUNK if on_cpu() else GPU_PREFILL_CHUNK),
             busy_chunk_seconds=self.settings.prefill_busy_seconds,
             idle_chunk_seconds=self.settings.prefill_idle_seconds,
         )

@@ -82,7 +82,10 @@ def default_budget_bytes(fraction: float = DEFAULT_BUDGET_FRACTION) -> int:
 # turn with its history. Admission still checks each request's own size against the budget.
 TYPICAL_SEQUENCE_TOKENS = 2048
 MIN_BATCH = 8
-MAX_BATCH_GPU = 256
+# 64, not more: on an H200 (8B, bench/results/gpu-batch-from-memory.md) 64 streams
+# together beat two waves of 32, while 128 together took 2.5x the wall time of four
+# waves (admission and prefill at that width are the open part of the GPU issue).
+MAX_BATCH_GPU = 64
 MAX_BATCH_CPU = 32
 
 
