@@ -7,6 +7,9 @@ import; everything else may import `app` freely.
 
 from __future__ import annotations
 
+import contextlib
+import resource
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from app.accel.cpu import blas, process
@@ -20,9 +23,38 @@ class ProcessSetup:
 
 
 def prepare_process() -> ProcessSetup:
-    """CPU process tuning, then OpenBLAS (Linux); idempotent, a no-op elsewhere."""
+    """CPU process tuning, then OpenBLAS (Linux), then mlx-lm without its fd limits;
+    idempotent, a no-op elsewhere."""
     tuning = process.configure()
-    return ProcessSetup(blas.load_openblas(), tuning)
+    setup = ProcessSetup(blas.load_openblas(), tuning)
+    with _fd_limits_kept():
+        import mlx_lm.utils  # noqa: F401
+    return setup
+
+
+@contextlib.contextmanager
+def _fd_limits_kept() -> Iterator[None]:
+    """mlx-lm's utils module sets RLIMIT_NOFILE to (2048, 4096) when imported: on a
+    machine allowing more that lowers the hard limit for good (a non-root process cannot
+    raise it again), which caps a server's connections and every child it starts (the
+    replica tests' HAProxy refused to start under it). While it is first imported, a
+    request that would lower either limit is ignored; raising one still goes through."""
+    original = resource.setrlimit
+
+    def keep(which: int, limits: tuple[int, int]) -> None:
+        if which == resource.RLIMIT_NOFILE:
+            soft, hard = resource.getrlimit(which)
+            limits = (max(soft, limits[0]) if soft != resource.RLIM_INFINITY else soft,
+                      max(hard, limits[1]) if hard != resource.RLIM_INFINITY else hard)
+            if limits[1] != resource.RLIM_INFINITY and limits[0] > limits[1]:
+                limits = (limits[1], limits[1])
+        original(which, limits)
+
+    resource.setrlimit = keep  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        resource.setrlimit = original
 
 
 def describe_runtime() -> str:

@@ -28,11 +28,14 @@ def rss_bytes(server: Server) -> int:
     raise AssertionError("no VmRSS")
 
 
-def engine_sequences(server: Server) -> float:
+def gauge_sum(server: Server, *names: str) -> float:
     text = httpx.get(server.url + "/metrics").text
     return sum(s.value for fam in text_string_to_metric_families(text)
-               if fam.name in ("mlxd_running_sequences", "mlxd_waiting_sequences")
-               for s in fam.samples)
+               if fam.name in names for s in fam.samples)
+
+
+def engine_sequences(server: Server) -> float:
+    return gauge_sum(server, "mlxd_running_sequences", "mlxd_waiting_sequences")
 
 
 async def one_stream(client: httpx.AsyncClient, i: int, hang_up_after: int | None
@@ -79,6 +82,11 @@ def test_streams_with_disconnects_leave_nothing_behind(tmp_path: Path) -> None:
             while engine_sequences(srv) and time.monotonic() < deadline:
                 time.sleep(0.2)
             assert engine_sequences(srv) == 0
-            time.sleep(2 * IDLE_WAIT_SECONDS)  # the idle engine gives cached memory back
+            # the idle engine gives MLX's buffer cache and glibc's free heap back at once
+            deadline = time.monotonic() + 10 * IDLE_WAIT_SECONDS
+            while gauge_sum(srv, "mlxd_mlx_cache_memory_bytes") and \
+                    time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert gauge_sum(srv, "mlxd_mlx_cache_memory_bytes") == 0
             rss.append(rss_bytes(srv))
         assert max(rss[1:]) <= rss[0] * 1.10, rss

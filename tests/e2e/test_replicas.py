@@ -45,12 +45,16 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         config.write_text(replicas.render(f"127.0.0.1:{port}",
                                           [s.url.removeprefix("http://") for s in servers]))
         assert HAPROXY is not None
-        proxy = subprocess.Popen([HAPROXY, "-db", "-f", str(config)],
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        log = tmp / "haproxy.log"
+        with log.open("wb") as out:
+            proxy = subprocess.Popen([HAPROXY, "-db", "-f", str(config)], stdout=out,
+                                     stderr=subprocess.STDOUT)
         stack.callback(proxy.wait, 10)
         stack.callback(proxy.terminate)
         url = f"http://127.0.0.1:{port}"
-        _wait_until(lambda: _up(url), "proxy never answered /health")
+        _wait_until(lambda: _up(url) or proxy.poll() is not None,
+                    "proxy never answered /health")
+        assert proxy.poll() is None and _up(url), log.read_text()[-2000:]
         yield Cluster(url, servers)
 
 
