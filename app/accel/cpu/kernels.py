@@ -152,16 +152,45 @@ def writable_view(x: mx.array) -> np.ndarray | None:
     return a
 
 
-def softmax_numpy_(scores: mx.array) -> mx.array:
+def softmax_numpy_(scores: mx.array, add: np.ndarray | None = None) -> mx.array:
     """Softmax over the last axis computed in place in the evaluated MLX buffer (numpy's
     SIMD exp, ~0.6 ns per element; rows split over the cores, app/accel/cpu/threads.py);
-    falls back to `softmax` for a view it may not edit."""
+    falls back to `softmax` for a view it may not edit. `add`: [L, S] added to every
+    [L, S] matrix of the scores first (an additive mask)."""
     a = writable_view(scores)
     if a is None:
+        if add is not None:
+            scores = scores + mx.array(add)
         return softmax(scores)
-    rows = a.reshape(-1, a.shape[-1])
-    run_parts(lambda r: _softmax_rows_(rows[r[0] : r[1]]), split_range(rows.shape[0]))
+    if add is None:
+        rows = a.reshape(-1, a.shape[-1])
+        run_parts(lambda r: _softmax_rows_(rows[r[0] : r[1]]), split_range(rows.shape[0]))
+        return scores
+    mats = a.reshape(-1, *add.shape)
+
+    def part(r: tuple[int, int]) -> None:
+        for m in mats[r[0] : r[1]]:
+            m += add
+            _softmax_rows_(m)
+
+    run_parts(part, split_range(mats.shape[0]))
     return scores
+
+
+_causal_cache: dict[tuple[int, int, int], np.ndarray] = {}
+
+
+def _causal_table(first: int, rows: int, keys: int) -> np.ndarray:
+    """[rows, keys]: 0 where query row i (at position first + i) may see key j, else
+    MASKED; the last one is kept (every layer of a prefill chunk asks for the same)."""
+    key = (first, rows, keys)
+    table = _causal_cache.get(key)
+    if table is None:
+        visible = np.arange(keys)[None, :] <= first + np.arange(rows)[:, None]
+        table = np.where(visible, np.float32(0), np.float32(MASKED)).astype(np.float32)
+        _causal_cache.clear()
+        _causal_cache[key] = table
+    return table
 
 
 def _softmax_rows_(rows: np.ndarray) -> None:
@@ -232,7 +261,13 @@ def attention(queries: mx.array, keys: mx.array, values: mx.array, cache: Any,
         qb = q[:, :, :, rows]
         lb = qb.shape[3]
         scores = (qb.reshape(b, hkv, rep * lb, d) @ keys_t).reshape(b, hkv, rep, lb, s)
-        probs = softmax_numpy_(_masked(scores, mask, rows, s, length))
+        if isinstance(mask, str) and mask == "causal":
+            # the mask as one additive [lb, s] table, added inside numpy's threaded pass
+            # (MLX's where() over the scores is one more single-threaded pass and buffer)
+            first = s - length + start
+            probs = softmax_numpy_(scores, add=_causal_table(first, lb, s))
+        else:
+            probs = softmax_numpy_(_masked(scores, mask, rows, s, length))
         out = (probs.reshape(b, hkv, rep * lb, s) @ values).reshape(b, hkv, rep, lb, d)
         mx.eval(out)  # this block's scores are freed before the next block's
         blocks.append(out)
