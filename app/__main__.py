@@ -21,8 +21,10 @@ def parse_args(argv: list[str] | None = None) -> dict[str, object]:
     p.add_argument("--list-models", action="store_true",
                    help="print the configured models and whether each is available, then exit")
     p.add_argument("--default-model", help="chat model loaded at start-up")
-    p.add_argument("--max-batch", type=int, help="most sequences decoding together")
-    p.add_argument("--prefill-chunk", type=int, help="prompt tokens per prefill step when idle")
+    p.add_argument("--max-batch", type=int,
+                   help="most sequences decoding together (default: from the KV budget)")
+    p.add_argument("--prefill-chunk", type=int,
+                   help="most prompt tokens per prefill step (default 512 CPU, 4096 GPU)")
     p.add_argument("--kv-budget-bytes", type=int, help="byte budget of resident KV caches")
     p.add_argument("--no-kv-cache", dest="kv_cache", action="store_const", const=False,
                    help="do not keep KV caches between requests (every prompt cold)")
