@@ -15,7 +15,6 @@ Modes alternate within each repetition, so the machine's load hits both alike.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -33,7 +32,7 @@ import mlx.core as mx  # noqa: E402
 import numpy as np  # noqa: E402
 from bench_transcribe import default_model  # noqa: E402
 from common import ensure_hf_folder, load_avg, write_report  # noqa: E402
-from micro_timing import timed  # noqa: E402
+from micro_timing import pair_table, timed  # noqa: E402
 from mlx_lm.models.cache import BatchKVCache  # noqa: E402
 
 from app.accel.cpu import mlx_lm_patch  # noqa: E402
@@ -136,10 +135,7 @@ def main() -> None:
              f"mlx {mx.__version__} · numpy {np.__version__}", "",
              f"Milliseconds, median of {CALLS} calls per repetition; the table gives the median "
              "over repetitions (modes alternated).", "",
-             "| case | MLX (sgemm) | numpy panels | MLX / numpy |", "|---|---|---|---|"]
-    for name, r in results.items():
-        m, n = statistics.median(r["mlx"]), statistics.median(r["numpy"])
-        lines.append(f"| {name} | {m:.2f} | {n:.2f} | {m / n:.2f}x |")
+             *pair_table(results, "mlx", "numpy", ("MLX (sgemm)", "numpy panels"))]
     print("\n".join(lines))
     print(f"written to {write_report(args.out, chr(10).join(lines) + chr(10))}")
 

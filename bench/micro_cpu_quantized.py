@@ -13,7 +13,6 @@ Modes alternate within each repetition, so the machine's load hits both alike.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -30,7 +29,7 @@ prepare_process()  # process tuning + BLAS before MLX
 import mlx.core as mx  # noqa: E402
 import numpy as np  # noqa: E402
 from common import gguf_path, load_avg, write_report  # noqa: E402
-from micro_timing import timed  # noqa: E402
+from micro_timing import pair_table, timed  # noqa: E402
 from mlx.utils import tree_flatten  # noqa: E402
 from mlx_lm.models.cache import BatchKVCache, make_prompt_cache  # noqa: E402
 
@@ -96,10 +95,7 @@ def main() -> None:
              f"mlx {mx.__version__}", "",
              f"Milliseconds, median of {CALLS} calls (prefill: 3) per repetition; the table "
              "gives the median over repetitions (modes alternated).", "",
-             "| case | float32 | packed | float32 / packed |", "|---|---|---|---|"]
-    for name, r in results.items():
-        f, q = statistics.median(r["float32"]), statistics.median(r["quantized"])
-        lines.append(f"| {name} | {f:.2f} | {q:.2f} | {f / q:.2f}x |")
+             *pair_table(results, "float32", "quantized", ("float32", "packed"))]
     lines.append(f"| weights held (MiB) | {weights['float32'] / 2**20:.0f} | "
                  f"{weights['quantized'] / 2**20:.0f} | "
                  f"{weights['float32'] / weights['quantized']:.2f}x |")

@@ -159,27 +159,35 @@ class QuantizedMatmul:
         return x
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        if self.int8:
-            return self._call_int8(x)
         lead = x.shape[:-1]
-        xa = self.arrange(x.reshape(-1, self.n_in))
-        rows = xa.shape[0]
+        x2 = x.reshape(-1, self.n_in)
+        rows = x2.shape[0]
+        kernel = self._int8_kernel(x2) if self.int8 else self._float_kernel(x2)
         out = np.empty((rows, self.n_out), np.float32)
-        xp = xa.ctypes.data_as(_F32P)
         base = out.ctypes.data
         for w, column, split, (wp, sp, bp) in self.parts:
             yp = ctypes.cast(base + 4 * column, _F32P)  # its columns of every output row
-            rc = self._fn(xp, rows, self.n_in, wp, sp, bp, w.group_size, w.bits,
-                          yp, self.n_out, 0, w.n_out, split)
-            if rc != 0:
-                raise ValueError("qmatmul refused its arguments")
+            if kernel(rows, w, wp, sp, bp, yp, split) != 0:
+                raise ValueError("the quantized matmul kernel refused its arguments")
         if self.bias is not None:
             out += self.bias
         return out.reshape(*lead, self.n_out)
 
-    def _call_int8(self, x: np.ndarray) -> np.ndarray:
-        lead = x.shape[:-1]
-        x2 = np.ascontiguousarray(x.reshape(-1, self.n_in), dtype=np.float32)
+    def _float_kernel(self, x: np.ndarray) -> Any:
+        """The float-activation call for x (arranged once for every stacked weight)."""
+        xa = self.arrange(x)
+        xp = xa.ctypes.data_as(_F32P)
+
+        def call(rows: int, w: QuantizedWeight, wp: Any, sp: Any, bp: Any, yp: Any,
+                 split: int) -> int:
+            _ = xa  # keeps the arranged copy alive while its pointer is used
+            return int(self._fn(xp, rows, self.n_in, wp, sp, bp, w.group_size, w.bits,
+                                yp, self.n_out, 0, w.n_out, split))
+        return call
+
+    def _int8_kernel(self, x: np.ndarray) -> Any:
+        """The int8-activation call for x (quantized once for every stacked weight)."""
+        x2 = np.ascontiguousarray(x, dtype=np.float32)
         rows, k = x2.shape
         xq = np.empty((rows, k), np.int8)
         dx = np.empty((rows, k // CHUNK), np.float32)
@@ -187,18 +195,14 @@ class QuantizedMatmul:
         self._quantize(x2.ctypes.data_as(_F32P), rows, k, self.group_size, self.bits,
                        xq.ctypes.data_as(_I8P), dx.ctypes.data_as(_F32P),
                        xg.ctypes.data_as(_F32P))
-        out = np.empty((rows, self.n_out), np.float32)
         qp, dp, gp = xq.ctypes.data_as(_I8P), dx.ctypes.data_as(_F32P), xg.ctypes.data_as(_F32P)
-        base = out.ctypes.data
-        for w, column, split, (wp, sp, bp) in self.parts:
-            yp = ctypes.cast(base + 4 * column, _F32P)
-            rc = self._fn_i8(qp, dp, gp, rows, k, wp, sp, bp, w.group_size, w.bits,
-                             yp, self.n_out, 0, w.n_out, split)
-            if rc != 0:
-                raise ValueError("qmatmul_i8 refused its arguments")
-        if self.bias is not None:
-            out += self.bias
-        return out.reshape(*lead, self.n_out)
+
+        def call(rows: int, w: QuantizedWeight, wp: Any, sp: Any, bp: Any, yp: Any,
+                 split: int) -> int:
+            _ = (xq, dx, xg)  # alive while their pointers are used
+            return int(self._fn_i8(qp, dp, gp, rows, k, wp, sp, bp, w.group_size, w.bits,
+                                   yp, self.n_out, 0, w.n_out, split))
+        return call
 
 
 def _f32(a: mx.array) -> np.ndarray:

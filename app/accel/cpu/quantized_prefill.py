@@ -86,25 +86,29 @@ def _rows(x: mx.array) -> int:
     return rows
 
 
+def _dense_matmul(module: Any, x: mx.array) -> mx.array | None:
+    """x @ W.T (+ bias) through the dequantized weight, evaluated; None where MLX's own
+    kernel should take it (few rows, or a format without biases)."""
+    if _rows(x) < MIN_ROWS or module.biases is None:
+        return None
+    y = x.astype(mx.float32) @ _dense(module).T
+    if "bias" in module:
+        y = y + module.bias
+    y = y.astype(x.dtype)
+    mx.eval(y)  # frees the float32 weight before the next layer makes its own
+    return y
+
+
 class DequantizingLinear(nn.QuantizedLinear):
     def __call__(self, x: mx.array) -> mx.array:
-        if _rows(x) < MIN_ROWS or self.biases is None:
-            return super().__call__(x)
-        y = x.astype(mx.float32) @ _dense(self).T
-        if "bias" in self:
-            y = y + self.bias
-        y = y.astype(x.dtype)
-        mx.eval(y)  # frees the float32 weight before the next layer makes its own
-        return y
+        y = _dense_matmul(self, x)
+        return super().__call__(x) if y is None else y
 
 
 class DequantizingEmbedding(nn.QuantizedEmbedding):
     def as_linear(self, x: mx.array) -> mx.array:
-        if _rows(x) < MIN_ROWS or self.biases is None:
-            return super().as_linear(x)
-        y = (x.astype(mx.float32) @ _dense(self).T).astype(x.dtype)
-        mx.eval(y)
-        return y
+        y = _dense_matmul(self, x)
+        return super().as_linear(x) if y is None else y
 
 
 SWAPS: dict[type[nn.Module], type[nn.Module]] = {nn.QuantizedLinear: DequantizingLinear,
