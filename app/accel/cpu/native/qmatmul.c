@@ -152,14 +152,19 @@ static void tile_any(const float *x, int rows, int K, const uint8_t *w, const fl
     }
 }
 
+/* The shapes every kernel here takes: K a multiple of 32, G a multiple of 32 dividing K,
+ * bits 4 or 8, 0 <= n0 <= n1 <= ldy. */
+static int checked(int K, int G, int bits, int n0, int n1, int ldy) {
+    return !(K % CHUNK || G % CHUNK || K % G || (bits != 4 && bits != 8) || n0 < 0 || n0 > n1
+             || n1 > ldy);
+}
+
 /* y[r * ldy + n] for r < rows, n in [n0, n1) of the weight's N rows: K a multiple of
  * 32, G a multiple of 32 dividing K, bits 4 or 8, ldy >= n1 (several weights can fill
  * one output side by side). Returns 0, or -1 for arguments it cannot take. */
 int qmatmul(const float *x, int rows, int K, const uint32_t *w, const float *scales,
             const float *biases, int G, int bits, float *y, int ldy, int n0, int n1) {
-    if (K % CHUNK || G % CHUNK || K % G || (bits != 4 && bits != 8) || n0 < 0 || n0 > n1
-        || n1 > ldy)
-        return -1;
+    if (!checked(K, G, bits, n0, n1, ldy)) return -1;
     for (int r0 = 0; r0 < rows; r0 += ROW_TILE) {
         const int r = rows - r0 < ROW_TILE ? rows - r0 : ROW_TILE;
         tile_any(x + (int64_t)r0 * K, r, K, (const uint8_t *)w, scales, biases, G, bits,
@@ -317,15 +322,18 @@ static void tile_i8_any(const int8_t *xq, const float *dx, const float *xg, int 
 }
 #endif
 
+/* And the int8 kernel's: pairs of 32-input blocks, a group scale per pair or per block. */
+static int i8_checked(int K, int G, int bits, int n0, int n1, int ldy) {
+    return checked(K, G, bits, n0, n1, ldy) && K % 64 == 0 && (G == 32 || G % 64 == 0);
+}
+
 /* y[r * ldy + n], n in [n0, n1), from quantize_rows' xq/dx/xg. Returns -1 where VNNI is
  * missing or the shapes do not fit (K % 64, G neither 32 nor a multiple of 64). */
 int qmatmul_i8(const int8_t *xq, const float *dx, const float *xg, int rows, int K,
                const uint32_t *w, const float *scales, const float *biases, int G, int bits,
                float *y, int ldy, int n0, int n1) {
 #if HAVE_VNNI
-    if (K % 64 || K % G || !(G == 32 || G % 64 == 0) || (bits != 4 && bits != 8) || n0 < 0
-        || n0 > n1 || n1 > ldy)
-        return -1;
+    if (!i8_checked(K, G, bits, n0, n1, ldy)) return -1;
     for (int r0 = 0; r0 < rows; r0 += ROW_TILE) {
         const int r = rows - r0 < ROW_TILE ? rows - r0 : ROW_TILE;
         tile_i8_any(xq + (int64_t)r0 * K, dx + (int64_t)r0 * (K / 32),
@@ -475,11 +483,6 @@ static void set_job(const float *x, const int8_t *xq, const float *dx, const flo
     job.G = G; job.bits = bits; job.y = y; job.ldy = ldy; job.n0 = n0; job.n1 = n1;
 }
 
-static int checked(int K, int G, int bits, int n0, int n1, int ldy) {
-    return !(K % CHUNK || G % CHUNK || K % G || (bits != 4 && bits != 8) || n0 < 0 || n0 > n1
-             || n1 > ldy);
-}
-
 /* qmatmul over [n0, n1) shared with the workers (`threads` <= qmatmul_threads() of
  * them, the caller included); returns when all of it is done. One caller thread only. */
 int qmatmul_mt(const float *x, int rows, int K, const uint32_t *w, const float *scales,
@@ -501,7 +504,7 @@ int qmatmul_i8_mt(const int8_t *xq, const float *dx, const float *xg, int rows, 
     if (threads > n_workers + 1) threads = n_workers + 1;
     if (threads <= 1 || n1 - n0 <= 2 * MIN_CHUNK_COLUMNS || !HAVE_VNNI)
         return qmatmul_i8(xq, dx, xg, rows, K, w, scales, biases, G, bits, y, ldy, n0, n1);
-    if (!checked(K, G, bits, n0, n1, ldy) || K % 64 || !(G == 32 || G % 64 == 0)) return -1;
+    if (!i8_checked(K, G, bits, n0, n1, ldy)) return -1;
     set_job(NULL, xq, dx, xg, NULL, rows, K, w, scales, biases, G, bits, y, ldy, n0, n1);
     share(threads);
     return 0;
@@ -510,7 +513,7 @@ int qmatmul_i8_mt(const int8_t *xq, const float *dx, const float *xg, int rows, 
 /* dequantize_rows of all N rows, shared the same way. */
 int dequantize_mt(const uint32_t *w, const float *scales, const float *biases, int N, int K,
                   int G, int bits, float *out, int threads) {
-    if (K % CHUNK || G % CHUNK || K % G || (bits != 4 && bits != 8)) return -1;
+    if (!checked(K, G, bits, 0, 0, 0)) return -1;
     if (threads > n_workers + 1) threads = n_workers + 1;
     if (threads <= 1 || N <= 2 * MIN_CHUNK_COLUMNS) {
         dequantize_rows(w, scales, biases, K, G, bits, out, 0, N);
