@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import sys
 from pathlib import Path
 
 from app.settings import Settings
@@ -44,6 +46,12 @@ def parse_args(argv: list[str] | None = None) -> dict[str, object]:
                    help="accept this Host header too (repeatable; * = any)")
     p.add_argument("--drain-seconds", type=float,
                    help="on SIGTERM, how long in-flight requests may finish (default 15)")
+    p.add_argument("--tensor-parallel", type=int, metavar="N",
+                   help="shard the default chat model over N ranks on this host "
+                        "(MLX's ring backend over loopback on CPUs, NCCL on NVIDIA GPUs)")
+    p.add_argument("--tp-backend", choices=["auto", "ring", "nccl"],
+                   help="collectives of --tensor-parallel (default auto: nccl with NVIDIA "
+                        "GPUs, else ring)")
     p.add_argument("--log-level", help="debug, info, warning, ...")
     args = vars(p.parse_args(argv))
     return {k: v for k, v in args.items() if v is not None}
@@ -56,11 +64,21 @@ def main(argv: list[str] | None = None) -> None:
     if list_models:
         print_models(settings)
         return
+    rank = int(os.environ.get("MLX_RANK", "0"))
     logging.basicConfig(level=settings.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+                        format=f"%(asctime)s %(levelname)s {f'rank{rank} ' if rank else ''}"
+                               "%(name)s: %(message)s")
+    if settings.tensor_parallel > 1:
+        from app.server.tp_launch import launch
+
+        sys.exit(launch(settings.tensor_parallel, settings.tp_backend, sys.argv[1:]))
     from app.accel.process import prepare_process
 
     prepare_process()  # OpenBLAS and process tuning must precede the first mlx import
+    if rank > 0:  # a tensor-parallel rank other than 0: no HTTP, it replays rank 0's steps
+        from app.engine.tp.follower import follow
+
+        sys.exit(follow(settings))
     from app.server.run import serve
 
     serve(settings)

@@ -55,6 +55,9 @@ class EngineState:
     mlx_active_bytes: int = 0
     mlx_peak_bytes: int = 0
     mlx_cache_bytes: int = 0
+    tp_ranks: dict[str, list[tuple[int, ...]]] = field(default_factory=dict)
+    """Per tensor-parallel model, each rank's figures as of its last exchange: (active,
+    peak, cache KiB, batch rows, caches held, KV store KiB), index = rank."""
     taken_at: float = field(default_factory=time.monotonic)
 
 
@@ -202,6 +205,7 @@ class _StateCollector(Collector):
                      "(mx.get_peak_memory)", s.mlx_peak_bytes)
         yield _gauge("mlx_cache_memory_bytes", "MLX memory freed but kept for reuse "
                      "(mx.get_cache_memory)", s.mlx_cache_bytes)
+        yield from _per_rank(s.tp_ranks)
         yield _gauge("engine_state_age_seconds", "Seconds since the engine thread last "
                      "published these gauges (large while it loads a model)",
                      time.monotonic() - s.taken_at)
@@ -217,3 +221,28 @@ def _per_model(name: str, doc: str, values: dict[str, int] | dict[str, float]
     for model, value in values.items():
         family.add_metric([model], value)
     return family
+
+
+KIB = 1024
+
+
+def _per_rank(ranks: dict[str, list[tuple[int, ...]]]) -> Iterator[Metric]:
+    """Each tensor-parallel rank's memory, KV store and batch (rank 0's own included)."""
+    memory = GaugeMetricFamily(f"{PREFIX}_rank_memory_bytes", "MLX memory of one "
+                               "tensor-parallel rank (kind: active, peak, cache)",
+                               labels=["model", "rank", "kind"])
+    kv = GaugeMetricFamily(f"{PREFIX}_rank_kv_resident_bytes", "Bytes of this rank's shard "
+                           "of the resident KV cache entries", labels=["model", "rank"])
+    rows = GaugeMetricFamily(f"{PREFIX}_rank_batch_rows", "Sequences in this rank's decode "
+                             "batch cache", labels=["model", "rank"])
+    caches = GaugeMetricFamily(f"{PREFIX}_rank_caches", "Per-sequence and batch caches this "
+                               "rank holds", labels=["model", "rank"])
+    for model, figures in ranks.items():
+        for rank, (active, peak, cache, batch, held, kv_kib) in enumerate(figures):
+            r = str(rank)
+            for kind, kib in (("active", active), ("peak", peak), ("cache", cache)):
+                memory.add_metric([model, r, kind], kib * KIB)
+            kv.add_metric([model, r], kv_kib * KIB)
+            rows.add_metric([model, r], batch)
+            caches.add_metric([model, r], held)
+    yield from (memory, kv, rows, caches)

@@ -85,6 +85,11 @@ class Settings(BaseSettings):
     slower than real time); past it the window keeps its best text so far. None = no limit."""
     model_idle_ttl_seconds: float | None = None
     """Unload a non-default model after this many idle seconds; None = keep loaded."""
+    tensor_parallel: int = 1
+    """Ranks the default chat model is sharded over (`mlxd --tensor-parallel N` starts
+    them on this host; `mlx.launch` may start them instead). Rank 0 serves HTTP."""
+    tp_backend: str = "auto"
+    """Collectives of tensor parallelism: ring (TCP, CPUs), nccl (NVIDIA) or auto."""
     log_level: str = "info"
     """Python logging level name."""
     hf_offline: bool = Field(default=False)

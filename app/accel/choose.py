@@ -44,9 +44,12 @@ def cpu_keeps_quantized(settings: Settings) -> bool:
         quantized.available()
 
 
-def accelerate_chat(loaded: LoadedChatModel, settings: Settings) -> str:
+def accelerate_chat(loaded: LoadedChatModel, settings: Settings,
+                    whole_layers: bool = True) -> str:
     """Choose `loaded`'s compute paths (sets `decode_step` and `acceleration`); returns
-    the description that `acceleration` now holds."""
+    the description that `acceleration` now holds. `whole_layers=False` (a tensor-parallel
+    shard, whose projections end in a collective): only MLX ops inside the layers, and
+    no decode steps of our own."""
     loaded.decode_step = None
     if not cpu_acceleration_wanted(settings):
         mlx_lm_patch.uninstall()
@@ -58,8 +61,9 @@ def accelerate_chat(loaded: LoadedChatModel, settings: Settings) -> str:
         parts.append("cpu kernels")
     if quantized_prefill.install(loaded.model):
         parts.append("dequantizing prefill")
-    loaded.decode_step = CpuLlamaDecoder.build(loaded.model,
-                                               int8=settings.cpu_int8_activations)
+    if whole_layers:
+        loaded.decode_step = CpuLlamaDecoder.build(loaded.model,
+                                                   int8=settings.cpu_int8_activations)
     if loaded.decode_step is not None:
         parts.append("numpy decode steps")
     loaded.acceleration = ", ".join(parts) or MLX_ONLY

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import queue
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -36,6 +38,8 @@ from app.engine.runner import ChatRunner
 from app.engine.sampling import RowSampler
 from app.engine.sequence import Sequence
 from app.engine.stream import Dispatcher, RequestStream
+from app.engine.tp.errors import GroupLost
+from app.engine.tp.group import join_group
 from app.kv.records import SessionInfo, StoreStats
 from app.metrics import Metrics
 from app.models.registry import ModelSpec, Registry
@@ -62,7 +66,9 @@ class Engine:
         self.settings = settings
         self.registry = registry
         self.metrics = metrics or Metrics()
-        self.models = ModelManager(settings, registry, self.metrics)
+        self.models = ModelManager(settings, registry, self.metrics, join_group())
+        self.fatal: str | None = None
+        """Why the engine stopped on its own (a tensor-parallel rank was lost)."""
         # Commands run for their effect; whatever they return is ignored.
         self._commands: queue.Queue[Callable[[], object]] = queue.Queue()
         self._thread: threading.Thread | None = None
@@ -77,14 +83,18 @@ class Engine:
         self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
-        if self._thread is None:
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = None
             return
         done = threading.Event()
 
         def shutdown() -> None:
-            self.models.shutdown(SHUTDOWN_MESSAGE)
-            self._stopping = True
-            done.set()
+            try:
+                self.models.shutdown(SHUTDOWN_MESSAGE)
+                self.models.stop_group()
+            finally:
+                self._stopping = True
+                done.set()
 
         self._commands.put(shutdown)
         done.wait(timeout)
@@ -203,6 +213,9 @@ class Engine:
                     asr.step(chat_waiting)
                 elif self.settings.model_idle_ttl_seconds is not None:
                     self.models.unload_idle(self.settings.model_idle_ttl_seconds)
+                self.models.heartbeat()
+            except GroupLost as exc:
+                self._group_lost(exc)
             except Exception:  # the engine thread must survive anything one step does
                 logger.exception("engine step failed")
                 time.sleep(0.01)
@@ -211,6 +224,22 @@ class Engine:
                 self._dispatcher.flush()
                 self._publish_state()
         logger.info("engine thread stopped")
+
+    def _group_lost(self, exc: GroupLost) -> None:
+        """Another rank is gone: this rank holds only its shard, so nothing can be served.
+        End every request with the reason and stop the server (exit status 1)."""
+        logger.critical("%s; ending every request and stopping the server", exc)
+        self.fatal = str(exc)
+        self._stopping = True
+        try:
+            self.models.end_requests(f"server stopped: {exc}")
+        except GroupLost:
+            pass
+        except Exception:
+            logger.exception("ending requests after the group was lost failed")
+        assert self._dispatcher is not None
+        self._dispatcher.flush()
+        os.kill(os.getpid(), signal.SIGTERM)  # the server's own drain and shutdown
 
     def _publish_state(self) -> None:
         """Queues, KV and MLX memory for /metrics, once per loop turn (a few counters)."""

@@ -1,8 +1,9 @@
 """Connects running sequences to the resident KV store (engine thread only).
 
 Admission reserves KV bytes for prompt + max_tokens and looks up the longest cached
-prefix; the first prefill chunk starts from that prefix; when a sequence leaves
-(finished, cut by length or aborted) its KV goes back into the store.
+prefix; the sequence's cache is seeded with that prefix when it is queued; when it
+leaves (finished, cut by length or aborted) its KV goes back into the store. The
+arrays are the runner's CacheOps'; the store keeps only this rank's.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ from typing import Any
 import mlx.core as mx
 from mlx_lm.models.cache import make_prompt_cache
 
+from app.engine.cache_ops import CacheOps
 from app.engine.sequence import Sequence
-from app.kv.layers import prefix_layers, snapshot_layers
+from app.kv.layers import Layers
 from app.kv.records import Lookup
 from app.kv.store import KVStore
 
@@ -45,6 +47,17 @@ class KVBridge:
     def __init__(self, store: KVStore, bytes_per_token: int) -> None:
         self.store = store
         self.bytes_per_token = bytes_per_token
+        self.ops: CacheOps | None = None
+
+    def attach(self, ops: CacheOps) -> None:
+        """Use `ops` for the arrays; the store's keeps and drops are noted to it (other
+        ranks mirror them under tensor parallelism)."""
+        self.ops = ops
+        self.store.observe(on_add=lambda e: ops.note("keep", e.id),
+                           on_remove=lambda e: ops.note("forget", e.id))
+
+    def layers_of(self, entry_id: int) -> Layers:
+        return self.store.entry(entry_id).layers
 
     def admit(self, seq: Sequence) -> None:
         need = self.bytes_per_token * (len(seq.prompt) + seq.req.max_tokens)
@@ -69,32 +82,29 @@ class KVBridge:
             seq.prefilled = n  # the scheduler sees only the uncached rest as prefill work
         seq.cache_info = describe(lk, n)
 
-    def seed(self, seq: Sequence, cache: list[Any]) -> None:
-        """Start a fresh per-layer cache from the looked-up prefix."""
-        entry = seq.cache_entry
-        if entry is None:
-            return
-        n = seq.cached_tokens
-        for c, (k, v) in zip(cache, prefix_layers(entry, n)):
-            c.state = (k, v, n)
-        self.store.unpin(entry)
-        seq.cache_entry = None
+    def started(self, seq: Sequence) -> None:
+        """The sequence's first prefill chunk runs: its cache (seeded when it was queued)
+        no longer needs the entry pinned."""
+        if seq.cache_entry is not None:
+            self.store.unpin(seq.cache_entry)
+            seq.cache_entry = None
 
-    def release(self, seq: Sequence, cache: list[Any] | None) -> None:
+    def release(self, seq: Sequence, cache: int | None) -> None:
         if seq.cache_entry is not None:
             self.store.unpin(seq.cache_entry)
             seq.cache_entry = None
         if seq.reserved_bytes:
             self.store.release(seq.reserved_bytes)
             seq.reserved_bytes = 0
-        if not cache:
+        if cache is None or self.ops is None:
             return
-        length = int(cache[0].offset)  # per-sequence caches (prefill or extracted rows)
+        length = self.ops.offset(cache)  # a per-sequence cache (prefill or extracted row)
         if length <= 0:
             return
         tokens = (seq.prompt + seq.generated)[:length]
-        layers = snapshot_layers([(c.keys, c.values) for c in cache], length)
+        layers = self.ops.run("snapshot", cache, length)
         self.store.put(tokens, layers, seq.req.session, seq.req.cache_namespace)
+        self.ops.note("settle")  # the snapshot is kept by now, or was not wanted
 
 
 def describe(lk: Lookup, used: int) -> str:

@@ -27,6 +27,11 @@ from app.engine.embed import EmbedQueue
 from app.engine.kv_bridge import KVBridge, measure_kv_bytes_per_token
 from app.engine.runner import ChatRunner
 from app.engine.scheduler import Scheduler
+from app.engine.tp.channel import Channel
+from app.engine.tp.errors import GroupLost
+from app.engine.tp.group import TPGroup
+from app.engine.tp.journal import Journal, Replica
+from app.engine.tp.shard import shard_model
 from app.kv.sizing import batch_from_memory, default_budget_bytes
 from app.kv.store import KVStore
 from app.metrics import EngineState, KVState, Metrics
@@ -77,19 +82,27 @@ class EmbeddingModelHandle:
     max_tokens: int
 
 
-def load_chat_model(spec: ModelSpec, settings: Settings) -> LoadedChatModel:
-    """Read a chat model's weights and choose what it computes with."""
+def load_chat_model(spec: ModelSpec, settings: Settings,
+                    tp: TPGroup | None = None) -> LoadedChatModel:
+    """Read a chat model's weights (this rank's shard of them under tensor parallelism)
+    and choose what it computes with."""
     path = resolve_source(spec, offline=settings.hf_offline)
     if path.suffix == ".gguf" or _is_gguf(path):
         from app.models.gguf import load_gguf
 
+        # A sharded model computes with MLX's ops: the CPU's packed-weight kernels and
+        # numpy decode steps work on whole layers of one process.
         loaded = load_gguf(path, dtype=spec.dtype, context_length=spec.context_length,
-                           cpu_quantized=cpu_keeps_quantized(settings))
+                           cpu_quantized=tp is None and cpu_keeps_quantized(settings))
     else:
         from app.models.hf import load_hf
 
         loaded = load_hf(path, dtype=spec.dtype, context_length=spec.context_length)
-    accelerate_chat(loaded, settings)
+    if tp is not None:
+        shard_model(loaded.model, tp)
+    accelerate_chat(loaded, settings, whole_layers=tp is None)
+    if tp is not None:
+        loaded.acceleration += f", tensor-parallel shard {tp.rank + 1} of {tp.size}"
     return loaded
 
 
@@ -107,10 +120,16 @@ class ModelsShutDown(RuntimeError):
 
 class ModelManager:
     def __init__(self, settings: Settings, registry: Registry,
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None, tp: TPGroup | None = None) -> None:
         self.settings = settings
         self.registry = registry
         self.metrics = metrics or Metrics()
+        self.tp = tp
+        """The tensor-parallel group: the default chat model is sharded over it."""
+        self._tp_channel = Channel(tp) if tp is not None else None
+        if tp is not None and settings.kv_dir is not None:
+            raise ValueError("persisted session caches (kv_dir) are not supported under "
+                             "tensor parallelism yet: every rank would write its shard")
         self.runners: dict[str, ChatRunner] = {}
         self.asr = AsrQueue(self.metrics)
         self.embed = EmbedQueue()
@@ -142,12 +161,15 @@ class ModelManager:
         if spec.id in self._handles:
             return self._handles[spec.id]
         t0 = time.perf_counter()
-        loaded = load_chat_model(spec, self.settings)
+        tp = self._tp_for(spec)
+        loaded = load_chat_model(spec, self.settings, tp)
         try:
             forward.warm_up(loaded.model)
         except Exception:  # a model that can't batch still serves single requests
+            if tp is not None:
+                raise  # every rank must run the same forwards
             logger.warning("warm-up forward failed for %s", spec.id, exc_info=True)
-        handle = self.add_chat_model(spec, loaded)
+        handle = self.add_chat_model(spec, loaded, tp)
         seconds = time.perf_counter() - t0
         self.metrics.loaded(spec.id, "chat", seconds)
         logger.info("loaded chat model %s (%s, context %d) in %.1fs on %s; computes with %s",
@@ -155,15 +177,21 @@ class ModelManager:
                     mx.default_device(), loaded.acceleration)
         return handle
 
-    def add_chat_model(self, spec: ModelSpec, loaded: LoadedChatModel) -> ChatModelHandle:
+    def _tp_for(self, spec: ModelSpec) -> TPGroup | None:
+        """The group `spec` is sharded over: only the default chat model is (other
+        models load on rank 0 alone)."""
+        return self.tp if spec.id == self.registry.default_chat else None
+
+    def add_chat_model(self, spec: ModelSpec, loaded: LoadedChatModel,
+                       tp: TPGroup | None = None) -> ChatModelHandle:
         """Serve an already-loaded model (benchmarks build models in memory)."""
         ctx = min(spec.context_length or loaded.context_length, loaded.context_length)
         loaded.context_length = ctx
-        kv = self._kv_bridge(spec, loaded) if self.settings.kv_cache else None
+        kv = self._kv_bridge(spec, loaded, tp) if self.settings.kv_cache else None
         max_batch = self.settings.max_batch
         if max_batch is None:
             budget = kv.store.stats.budget_bytes if kv is not None else \
-                self.settings.kv_budget_bytes or default_budget_bytes()
+                self.settings.kv_budget_bytes or self._default_budget(tp)
             per_token = kv.bytes_per_token if kv is not None else \
                 measure_kv_bytes_per_token(loaded.model)
             max_batch = batch_from_memory(budget, per_token, ctx, not on_cpu())
@@ -176,7 +204,14 @@ class ModelManager:
             busy_chunk_seconds=self.settings.prefill_busy_seconds,
             idle_chunk_seconds=self.settings.prefill_idle_seconds,
         )
-        self.runners[spec.id] = ChatRunner(loaded, scheduler, kv, self.metrics.model(spec.id))
+        ops = None
+        if tp is not None:
+            assert self._tp_channel is not None
+            layers_of = kv.layers_of if kv is not None else None
+            ops = Journal(loaded.model, loaded.decode_step, layers_of, self._tp_channel) \
+                if tp.rank == 0 else Replica(loaded.model, self._tp_channel)
+        self.runners[spec.id] = ChatRunner(loaded, scheduler, kv, self.metrics.model(spec.id),
+                                           ops)
         handle = ChatModelHandle(spec, loaded.tokenizer, ctx, loaded.fingerprint, loaded.dtype)
         self._handles[spec.id] = handle
         self.touch(spec.id)
@@ -233,9 +268,17 @@ class ModelManager:
         self.touch(model_id)
         return runner
 
-    def _kv_bridge(self, spec: ModelSpec, loaded: LoadedChatModel) -> KVBridge:
-        # One budget over all caches of all models; each model has its own store.
-        budget = self.settings.kv_budget_bytes or default_budget_bytes()
+    def _default_budget(self, tp: TPGroup | None) -> int:
+        # Ring ranks share one host's memory; NCCL ranks each have a GPU of their own.
+        share = tp.size if tp is not None and tp.backend == "ring" else 1
+        return default_budget_bytes() // share
+
+    def _kv_bridge(self, spec: ModelSpec, loaded: LoadedChatModel,
+                   tp: TPGroup | None = None) -> KVBridge:
+        # One budget over all caches of all models; each model has its own store. Under
+        # tensor parallelism it is each rank's budget: rank 0 holds the largest shard
+        # (tp/shard.py), so what it admits fits on every rank.
+        budget = self.settings.kv_budget_bytes or self._default_budget(tp)
         persist = None
         if self.settings.kv_dir is not None:
             safe = hashlib.sha256(spec.id.encode()).hexdigest()[:16]
@@ -250,7 +293,10 @@ class ModelManager:
         """Queues, KV stores and MLX memory now, for /metrics (engine thread: it reads MLX's
         allocator and the stores, which nothing else may touch)."""
         kv = {}
+        ranks: dict[str, list[tuple[int, ...]]] = {}
         for mid, runner in self.runners.items():
+            if isinstance(runner.ops, Journal):
+                ranks[mid] = [tuple(f.words()) for f in runner.ops.ranks]
             if runner.kv is not None:
                 st = runner.kv.store.stats
                 kv[mid] = KVState(st.resident_bytes, st.reserved_bytes, st.budget_bytes,
@@ -261,7 +307,25 @@ class ModelManager:
             kv=kv, transcription_jobs=self.asr.pending,
             embedding_requests=self.embed.pending,
             mlx_active_bytes=mx.get_active_memory(), mlx_peak_bytes=mx.get_peak_memory(),
-            mlx_cache_bytes=mx.get_cache_memory())
+            mlx_cache_bytes=mx.get_cache_memory(), tp_ranks=ranks)
+
+    def heartbeat(self) -> None:
+        """Under tensor parallelism: send rank 0's pending cache operations and hear
+        from every rank (raises GroupLost when one is gone)."""
+        for runner in self.runners.values():
+            if isinstance(runner.ops, Journal):
+                if runner.kv is not None:
+                    runner.ops.kv_bytes = runner.kv.store.total_bytes
+                runner.ops.heartbeat()
+
+    def stop_group(self) -> None:
+        """Tell the other ranks to exit (the server is stopping)."""
+        for runner in self.runners.values():
+            if isinstance(runner.ops, Journal):
+                try:
+                    runner.ops.stop()
+                except GroupLost:
+                    logger.warning("a tensor-parallel rank was already gone at shutdown")
 
     # -- housekeeping (engine thread) ----------------------------------------------------
     def unload_idle(self, ttl: float) -> None:

@@ -10,18 +10,16 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
 
 import mlx.core as mx
-import numpy as np
-from mlx_lm.models.cache import make_prompt_cache
 
-from app.engine import forward
+from app.engine.cache_ops import BATCH, CacheOps
 from app.engine.kv_bridge import KVBridge
 from app.engine.request import Failed
 from app.engine.sampling import PendingSample, launch_sample, resolve, sample
 from app.engine.scheduler import Scheduler
 from app.engine.sequence import Sequence
+from app.engine.tp.errors import GroupLost
 from app.metrics import ModelMetrics
 from app.models.types import LoadedChatModel
 
@@ -36,20 +34,26 @@ class _Inflight:
 
 class ChatRunner:
     def __init__(self, loaded: LoadedChatModel, scheduler: Scheduler,
-                 kv: KVBridge | None = None, metrics: ModelMetrics | None = None) -> None:
+                 kv: KVBridge | None = None, metrics: ModelMetrics | None = None,
+                 ops: CacheOps | None = None) -> None:
         self.loaded = loaded
         self.metrics = metrics
         self.model = loaded.model
-        self.decode_step = loaded.decode_step
         self.scheduler = scheduler
         self.kv = kv
-        self.batch_cache: list[Any] | None = None
+        self.ops = ops or CacheOps(loaded.model, loaded.decode_step,
+                                   kv.layers_of if kv is not None else None)
+        if kv is not None:
+            kv.attach(self.ops)
         self._inflight: _Inflight | None = None
         self._piece_cache: dict[int, str] = {}
 
     # -- queue management ---------------------------------------------------
     def add(self, seq: Sequence) -> None:
         seq.metrics = self.metrics
+        if self.kv is not None and seq.cache_entry is not None:
+            # Seeded now, so the cache no longer needs the entry's id once it is queued.
+            seq.cache = self.ops.new(seq.cache_entry.id, seq.cached_tokens)
         self.scheduler.add(seq)
 
     def abort(self, request_id: int) -> bool:
@@ -84,12 +88,16 @@ class ChatRunner:
                     self._prefill_chunk(group[0], plan.chunk)
                 else:
                     self._prefill_group(group)
+            except GroupLost:
+                raise
             except Exception as exc:  # one bad prompt must not take the engine down
                 logger.exception("prefill failed for requests %s", [s.req.id for s in group])
                 self._fail(group, exc, in_batch=False)
         if plan.decode and self.running:
             try:
                 self._decode()
+            except GroupLost:
+                raise
             except Exception as exc:
                 logger.exception("decode step failed; failing %d sequences", len(self.running))
                 self._fail(list(self.running), exc, in_batch=True)
@@ -102,29 +110,28 @@ class ChatRunner:
             if any(s.finished for s in self.running):
                 self._decode()
                 self.flush()
+        except GroupLost:
+            raise
         except Exception as exc:
             logger.exception("decode step failed; failing %d sequences", len(self.running))
             self._fail(list(self.running), exc, in_batch=True)
 
-    def _ensure_cache(self, seq: Sequence) -> list[Any]:
+    def _ensure_cache(self, seq: Sequence) -> int:
         if seq.cache is None:
-            seq.cache = make_prompt_cache(self.model)
-            if self.kv is not None:
-                self.kv.seed(seq, seq.cache)
+            seq.cache = self.ops.new()
+        if self.kv is not None:
+            self.kv.started(seq)
         return seq.cache
 
     def _prefill_chunk(self, seq: Sequence, n: int) -> None:
-        self._ensure_cache(seq)
-        assert seq.cache is not None
+        h = self._ensure_cache(seq)
         start = seq.prefilled
         chunk = seq.prompt[start : start + n]
         t0 = time.perf_counter()
         last = start + len(chunk) >= len(seq.prompt)
-        logits = forward.prefill(self.model, mx.array(chunk)[None], seq.cache,
-                                 mx.array([len(chunk) - 1]) if last else None)
+        logits = self.ops.run("prefill", h, chunk, last)
         seq.prefilled += len(chunk)
         if logits is None:
-            mx.eval([c.state for c in seq.cache])
             self.scheduler.observe_prefill(len(chunk), time.perf_counter() - t0)
             return
         res = sample(logits, [seq.sampler], [seq.generated])
@@ -133,24 +140,12 @@ class ChatRunner:
         seq.stream.flush()  # first token out before the KV merge into the batch
         if seq.finished:
             self.scheduler.remove(seq)
-            self._release(seq, seq.cache)
+            self._release(seq, h)
             seq.cache = None
             return
-        self._join_batch(seq)
-
-    def _join_batch(self, seq: Sequence) -> None:
-        assert seq.cache is not None
-        self._extend_batch([type(c).merge([c]) for c in seq.cache], [seq])
+        self.ops.run("join", h)
         seq.cache = None
-
-    def _extend_batch(self, caches: list[Any], seqs: list[Sequence]) -> None:
-        if self.batch_cache is None:
-            self.batch_cache = caches
-        else:
-            for batch, new in zip(self.batch_cache, caches):
-                batch.extend(new)
-        for seq in seqs:
-            self.scheduler.promote(seq)
+        self.scheduler.promote(seq)
 
     def _prefill_group(self, group: list[Sequence]) -> None:
         """Finish several prompts in one forward: their cached prefixes are merged
@@ -158,36 +153,38 @@ class ChatRunner:
         rolled to the left (mlx-lm's BatchKVCache prepare/finalize)."""
         t0 = time.perf_counter()
         per_seq = [self._ensure_cache(s) for s in group]
-        caches = [type(layer[0]).merge(list(layer)) for layer in zip(*per_seq)]
         rest = [s.prompt[s.prefilled :] for s in group]
-        width = max(len(r) for r in rest)
-        pads = [width - len(r) for r in rest]
-        for c in caches:
-            c.prepare(right_padding=pads)
-        tokens = mx.array([r + [0] * p for r, p in zip(rest, pads)])
-        last = forward.prefill(self.model, tokens, caches, mx.array([len(r) - 1 for r in rest]))
-        assert last is not None
-        for c in caches:
-            c.finalize()
+        g = self.ops.handle()
+        for s in group:
+            s.cache = None  # merged into g by the forward below
+        last = self.ops.run("group", g, per_seq, rest)
         res = sample(last, [s.sampler for s in group], [s.generated for s in group])
         self.scheduler.observe_prefill(sum(len(r) for r in rest), time.perf_counter() - t0)
         keep = []
         for i, seq in enumerate(group):
             seq.prefilled = len(seq.prompt)
-            seq.cache = None
             seq.accept(res.tokens[i], self.piece, res.logprobs[i], res.top[i])
             seq.stream.flush()
             if seq.finished:
                 self.scheduler.remove(seq)
-                self._release(seq, [c.extract(i) for c in caches] if self.kv else None)
+                self._release(seq, self._extract(g, i))
             else:
                 keep.append(i)
+        if len(keep) < len(group):
+            self.ops.run("filter", g, keep)
         if not keep:
             return
-        if len(keep) < len(group):
-            for c in caches:
-                c.filter(keep)
-        self._extend_batch(caches, [group[i] for i in keep])
+        self.ops.run("extend_with", g)
+        for i in keep:
+            self.scheduler.promote(group[i])
+
+    def _extract(self, src: int, row: int) -> int | None:
+        """A per-sequence copy of one row of `src`, for the store (None without one)."""
+        if self.kv is None:
+            return None
+        dst = self.ops.handle()
+        self.ops.run("extract", src, row, dst)
+        return dst
 
     def _decode(self) -> None:
         """One decode step for every running row.
@@ -232,23 +229,12 @@ class ChatRunner:
         self._collect(launched, next_launched=False)
 
     def _step_logits(self, prev: _Inflight | None, rows: list[Sequence]) -> mx.array:
-        """Logits [B, V] of one decode step: the model's injected `decode_step` where it
-        covers the batch's caches (chosen at load, app/accel), else its own forward (lazy).
+        """Logits [B, V] of one decode step (the inputs are the last step's samples, lazy).
 
-        An injected step is computed here and now, so pipelining gains nothing from it;
-        it is used only where it is the faster path at every batch size.
         """
-        assert self.batch_cache is not None
-        fast = self.decode_step
-        if fast is not None and fast.supports(self.batch_cache):
-            tokens = np.asarray(prev.sample.tokens) if prev is not None else \
-                np.array([s.last_token for s in rows])
-            return mx.array(fast.step(tokens, self.batch_cache))
-        if fast is not None:
-            fast.release(self.batch_cache)
-        inputs = prev.sample.tokens[:, None] if prev is not None else \
-            mx.array([[s.last_token] for s in rows])
-        return self.model(inputs, cache=self.batch_cache)[:, -1, :]
+        tokens = prev.sample.tokens if prev is not None else \
+            mx.array([s.last_token for s in rows])
+        return self.ops.decode(tokens)
 
     def _collect(self, inflight: _Inflight, *, next_launched: bool) -> None:
         """Read a step's tokens back and hand them to their sequences."""
@@ -283,7 +269,11 @@ class ChatRunner:
             self.scheduler.remove(seq)
             seq.finish("abort")
             # Keep what was prefilled: a retry of the same prompt resumes from it.
-            self._release(seq, seq.cache if seq.prefilled else None)
+            if seq.cache is not None and seq.prefilled <= seq.cached_tokens:
+                # Only a seeded prefix, nothing computed: the store already holds it.
+                self.ops.run("free", seq.cache)
+                seq.cache = None
+            self._release(seq, seq.cache)
             seq.cache = None
         dead = [s for s in self.running if s.aborted]
         for seq in dead:
@@ -294,40 +284,49 @@ class ChatRunner:
         if not done:
             return
         rows = list(self.running)
+        batch = self.ops.has_batch()
         for seq in done:
-            idx = rows.index(seq)
-            extracted = None
-            if self.kv is not None and self.batch_cache is not None:
-                extracted = [c.extract(idx) for c in self.batch_cache]
-            self._release(seq, extracted)
+            self._release(seq, self._extract(BATCH, rows.index(seq)) if batch else None)
         keep = [i for i, s in enumerate(rows) if s not in done]
         for seq in done:
             self.scheduler.remove(seq)
-        if not keep:
-            self.batch_cache = None
-        elif self.batch_cache is not None:
-            for c in self.batch_cache:
-                c.filter(keep)
+        if batch:
+            self.ops.run("filter", BATCH, keep)
 
-    def _release(self, seq: Sequence, cache: list[Any] | None) -> None:
-        """Hand a leaving sequence's KV to the store (kept for reuse) and free its budget."""
-        if self.kv is None:
-            return
+    def _release(self, seq: Sequence, cache: int | None) -> None:
+        """Hand a leaving sequence's KV (per-sequence cache `cache`) to the store, kept
+        for reuse, and free its budget; the cache handle is freed either way."""
         try:
-            self.kv.release(seq, cache)
+            if self.kv is not None:
+                self.kv.release(seq, cache)
+        except GroupLost:
+            raise
         except Exception:  # losing a cache entry is fine; losing the engine is not
             logger.exception("release hook failed for request %s", seq.req.id)
+        finally:
+            if cache is not None:
+                self.ops.run("free", cache)
 
     def _fail(self, seqs: list[Sequence], exc: Exception, *, in_batch: bool) -> None:
         for seq in seqs:
             seq.finished = True
             seq.stream.put_threadsafe(Failed(f"generation failed: {exc}"))
             self.scheduler.remove(seq)
+            if seq.cache is not None:
+                self._drop_handle(seq.cache)
             seq.cache = None
             self._release(seq, None)
         if in_batch:
-            self.batch_cache = None  # its rows no longer match the running list
+            self._drop_handle(BATCH)  # its rows no longer match the running list
             self._inflight = None
+
+    def _drop_handle(self, h: int) -> None:
+        try:
+            self.ops.run("free", h)
+        except GroupLost:
+            raise
+        except Exception:
+            logger.exception("freeing a failed cache failed")
 
     def piece(self, token: int) -> str:
         """Text of one token, for logprobs."""
@@ -343,10 +342,12 @@ class ChatRunner:
         with what was computed."""
         try:
             self.flush()
+        except GroupLost:
+            raise
         except Exception:
             logger.exception("collecting the last decode step failed")
             self._inflight = None
-            self.batch_cache = None
+            self._drop_handle(BATCH)
         for seq in self._all():
             if not seq.finished:
                 seq.finished = True
@@ -358,5 +359,5 @@ class ChatRunner:
             logger.exception("keeping the KV of ended requests failed")
         self.scheduler.waiting.clear()
         self.scheduler.running.clear()
-        self.batch_cache = None
+        self._drop_handle(BATCH)
         self._inflight = None

@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from app.engine.request import Delta, Finished, FinishReason, GenerationRequest, TokenLogprob, Usage
 from app.engine.sampling import RowSampler
@@ -33,8 +32,9 @@ class Sequence:
     """A pinned KV store entry whose prefix seeds the first prefill chunk."""
     reserved_bytes: int = 0
     """KV bytes reserved in the store's budget for this request."""
-    cache: list[Any] | None = None
-    """Per-layer KV cache while prefilling; None once merged into the batch."""
+    cache: int | None = None
+    """Handle of its per-sequence KV cache (the runner's CacheOps) while queued or
+    prefilling; None once merged into the batch."""
     generated: list[int] = field(default_factory=list)
     last_token: int = -1
     aborted: bool = False

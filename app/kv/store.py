@@ -14,7 +14,7 @@ import dataclasses
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from app.kv import persist
@@ -55,8 +55,18 @@ class KVStore:
         self._reserved = 0
         self._next_id = 0
         self._stats = StoreStats()
+        self._on_add: Callable[[KVEntry], None] | None = None
+        self._on_remove: Callable[[KVEntry], None] | None = None
+
+    def observe(self, on_add: Callable[[KVEntry], None],
+                on_remove: Callable[[KVEntry], None]) -> None:
+        """Be told of every entry kept and dropped (ranks that hold shards mirror them)."""
+        self._on_add, self._on_remove = on_add, on_remove
 
     # -- queries -----------------------------------------------------------------
+
+    def entry(self, entry_id: int) -> KVEntry:
+        return self._entries[entry_id]
 
     @property
     def total_bytes(self) -> int:
@@ -285,6 +295,8 @@ class KVStore:
         if session is not None:
             self._by_session[session] = entry.id
         self._bytes += nbytes
+        if self._on_add is not None:
+            self._on_add(entry)
         return entry
 
     def _remove(self, entry: KVEntry) -> None:
@@ -299,6 +311,8 @@ class KVStore:
         if entry.session is not None and self._by_session.get(entry.session) == entry.id:
             del self._by_session[entry.session]
         self._bytes -= entry.nbytes
+        if self._on_remove is not None:
+            self._on_remove(entry)
 
     def _lru(self, entry: KVEntry) -> OrderedDict[int, None]:
         return self._lru_anon if entry.session is None else self._lru_named

@@ -99,3 +99,7 @@ def serve(settings: Settings) -> None:
             engine.end_all(SHUTDOWN_MESSAGE)
 
     DrainingServer(config, settings.drain_seconds, end_in_flight).run()
+    engine = getattr(app.state, "engine", None)
+    if engine is not None and engine.fatal:
+        logger.critical("mlxd stopped: %s", engine.fatal)
+        raise SystemExit(1)
