@@ -43,6 +43,9 @@ class CacheOps:
         # (a sum with the other ranks' zeros), inside the graph, so step t+1 can still be
         # launched before step t's tokens are read back.
         self._share_tokens = share_tokens
+        self.project = True
+        """Whether sampling forwards end in the vocabulary projection (only a rank that
+        samples needs it)."""
         self.caches: dict[int, list[Any]] = {}
         self._next = BATCH + 1
 
@@ -60,6 +63,10 @@ class CacheOps:
     def note(self, name: str, *args: Any) -> None:
         """An event of the KV store that other ranks must mirror (an entry kept or
         dropped); one device has nothing to do."""
+
+    def check(self, exc: Exception) -> None:
+        """Called with what a step raised before its requests are failed: under tensor
+        parallelism a collective's failure becomes GroupLost (nothing on one device)."""
 
     def decode(self, tokens: mx.array) -> mx.array:
         return self.run("decode", int(tokens.shape[0]), tokens=tokens)
@@ -95,7 +102,8 @@ class CacheOps:
         else the cache updates are evaluated here (a middle chunk)."""
         cache = self.caches[h]
         logits = forward.prefill(self.model, mx.array(tokens)[None], cache,
-                                 mx.array([len(tokens) - 1]) if sample else None)
+                                 mx.array([len(tokens) - 1]) if sample else None,
+                                 self.project)
         if logits is None:
             mx.eval([c.state for c in cache])
         return logits
@@ -112,7 +120,8 @@ class CacheOps:
         for c in caches:
             c.prepare(right_padding=pads)
         tokens = mx.array([r + [0] * p for r, p in zip(rests, pads)])
-        last = forward.prefill(self.model, tokens, caches, mx.array([len(r) - 1 for r in rests]))
+        last = forward.prefill(self.model, tokens, caches, mx.array([len(r) - 1 for r in rests]),
+                               self.project)
         assert last is not None
         for c in caches:
             c.finalize()
@@ -162,7 +171,7 @@ class CacheOps:
             fast.release(batch)
         local = tokens if tokens is not None else mx.zeros((rows,), dtype=mx.int32)
         inputs = self._share_tokens(local.astype(mx.int32))
-        return self.model(inputs[:, None], cache=batch)[:, -1, :]
+        return forward.decode(self.model, inputs[:, None], batch, self.project)
 
     def op_snapshot(self, h: int, length: int) -> Layers:
         """Compact copies of the first `length` positions of per-sequence cache `h`."""

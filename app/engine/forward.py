@@ -31,12 +31,14 @@ def _split(model: Any) -> tuple[Callable[..., mx.array], Callable[[mx.array], mx
 
 
 def prefill(model: Any, tokens: mx.array, cache: list[Any],
-            rows: mx.array | None) -> mx.array | None:
+            rows: mx.array | None, project: bool = True) -> mx.array | None:
     """Run tokens[B, L] through the model, filling `cache`.
 
     rows=None: nothing is sampled (a middle chunk), no logits are computed when the model
     allows it. Otherwise rows[B] gives, per sequence, the position whose logits[B, V] are
-    returned.
+    returned; project=False returns the final hidden states there instead, where the model
+    allows it (a tensor-parallel rank that does not sample needs the layers, not the
+    vocabulary projection).
     """
     parts = _split(model)
     if parts is None:
@@ -48,7 +50,17 @@ def prefill(model: Any, tokens: mx.array, cache: list[Any],
     hidden = body(tokens, cache)
     if rows is None:
         return None  # the caller evaluates the cache updates this chunk exists for
-    return head(hidden[mx.arange(tokens.shape[0]), rows])
+    last = hidden[mx.arange(tokens.shape[0]), rows]
+    return head(last) if project else last
+
+
+def decode(model: Any, inputs: mx.array, cache: list[Any], project: bool = True) -> mx.array:
+    """One decode step of inputs[B, 1]: logits [B, V] (final hidden states where the model
+    allows it and project=False)."""
+    parts = _split(model) if not project else None
+    if parts is None:
+        return model(inputs, cache=cache)[:, -1, :]
+    return parts[0](inputs, cache)[:, -1, :]
 
 
 def warm_up(model: Any) -> None:

@@ -360,6 +360,13 @@ class ModelManager:
         for runner in self.runners.values():
             runner.abort_all(message)
 
+    def fail_requests(self, message: str) -> None:
+        """End every request with `message`, computing nothing (the group is lost)."""
+        self.asr.abort_all(message)
+        self.embed.abort_all(ModelsShutDown(message))
+        for runner in self.runners.values():
+            runner.fail_all(message)
+
     def shutdown(self, message: str) -> None:
         """End every request with `message` and write named KV sessions to disk."""
         self.end_requests(message)

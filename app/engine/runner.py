@@ -19,7 +19,6 @@ from app.engine.request import Failed
 from app.engine.sampling import PendingSample, launch_sample, resolve, sample
 from app.engine.scheduler import Scheduler
 from app.engine.sequence import Sequence
-from app.engine.tp.errors import GroupLost
 from app.metrics import ModelMetrics
 from app.models.types import LoadedChatModel
 
@@ -88,17 +87,15 @@ class ChatRunner:
                     self._prefill_chunk(group[0], plan.chunk)
                 else:
                     self._prefill_group(group)
-            except GroupLost:
-                raise
             except Exception as exc:  # one bad prompt must not take the engine down
+                self.ops.check(exc)  # a lost tensor-parallel rank: GroupLost, not a failure
                 logger.exception("prefill failed for requests %s", [s.req.id for s in group])
                 self._fail(group, exc, in_batch=False)
         if plan.decode and self.running:
             try:
                 self._decode()
-            except GroupLost:
-                raise
             except Exception as exc:
+                self.ops.check(exc)
                 logger.exception("decode step failed; failing %d sequences", len(self.running))
                 self._fail(list(self.running), exc, in_batch=True)
 
@@ -110,9 +107,8 @@ class ChatRunner:
             if any(s.finished for s in self.running):
                 self._decode()
                 self.flush()
-        except GroupLost:
-            raise
         except Exception as exc:
+            self.ops.check(exc)
             logger.exception("decode step failed; failing %d sequences", len(self.running))
             self._fail(list(self.running), exc, in_batch=True)
 
@@ -299,9 +295,8 @@ class ChatRunner:
         try:
             if self.kv is not None:
                 self.kv.release(seq, cache)
-        except GroupLost:
-            raise
-        except Exception:  # losing a cache entry is fine; losing the engine is not
+        except Exception as exc:  # losing a cache entry is fine; losing the engine is not
+            self.ops.check(exc)
             logger.exception("release hook failed for request %s", seq.req.id)
         finally:
             if cache is not None:
@@ -323,9 +318,8 @@ class ChatRunner:
     def _drop_handle(self, h: int) -> None:
         try:
             self.ops.run("free", h)
-        except GroupLost:
-            raise
-        except Exception:
+        except Exception as exc:
+            self.ops.check(exc)
             logger.exception("freeing a failed cache failed")
 
     def piece(self, token: int) -> str:
@@ -336,15 +330,26 @@ class ChatRunner:
             self._piece_cache[token] = text
         return text
 
+    def fail_all(self, message: str) -> None:
+        """End every request with `message` without touching MLX (the tensor-parallel
+        group is gone: its arrays can no longer be computed)."""
+        for seq in self._all():
+            if not seq.finished:
+                seq.finished = True
+                seq.stream.put_threadsafe(Failed(message, code="tensor_parallel_group_lost",
+                                                 status=503))
+        self.scheduler.waiting.clear()
+        self.scheduler.running.clear()
+        self._inflight = None
+
     def abort_all(self, message: str) -> None:
         """End every request with `message` (the server is stopping). Each one's KV goes
         to the store as on a client's abort, so a named session in flight is persisted
         with what was computed."""
         try:
             self.flush()
-        except GroupLost:
-            raise
-        except Exception:
+        except Exception as exc:
+            self.ops.check(exc)
             logger.exception("collecting the last decode step failed")
             self._inflight = None
             self._drop_handle(BATCH)

@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 from types import FrameType
 
@@ -88,8 +89,10 @@ def launch(n: int, backend: str, argv: list[str]) -> int:
         cmd = [sys.executable, "-m", "app", *rank_argv(argv)]
         # Each rank in a session of its own: a terminal's Ctrl-C reaches this process
         # only, which stops rank 0 gracefully instead of every rank at once.
+        cores = rank_cores(n) if backend == "ring" else [None] * n
         procs = [subprocess.Popen(cmd, env=env, start_new_session=True,
-                                  preexec_fn=_die_with_parent) for env in envs]
+                                  preexec_fn=partial(_start_rank, mine))
+                 for env, mine in zip(envs, cores)]
         logger.info("tensor parallelism: %d ranks (%s backend), pids %s", n, backend,
                     [p.pid for p in procs])
 
@@ -102,8 +105,25 @@ def launch(n: int, backend: str, argv: list[str]) -> int:
         return _watch(procs)
 
 
-def _die_with_parent() -> None:
-    """Linux: the rank gets SIGTERM if this launcher dies (no orphaned ranks)."""
+def rank_cores(n: int) -> list[set[int] | None]:
+    """Disjoint blocks of this process's cores, one per CPU rank: ranks on one host then
+    do not oversubscribe the cores with their thread pools (OpenBLAS, numpy, MLX size
+    them from the affinity). None (no pinning) with fewer cores than ranks."""
+    affinity = getattr(os, "sched_getaffinity", None)
+    if affinity is None:
+        return [None] * n
+    cores = sorted(affinity(0))
+    per = len(cores) // n
+    if per == 0:
+        return [None] * n
+    return [set(cores[r * per:(r + 1) * per]) for r in range(n)]
+
+
+def _start_rank(cores: set[int] | None) -> None:
+    """In the rank's process before exec: its cores, and (Linux) SIGTERM if this launcher
+    dies, so no rank is left orphaned."""
+    if cores is not None:
+        os.sched_setaffinity(0, cores)
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 

@@ -1,4 +1,4 @@
-"""One collective per engine step: rank 0's plan goes down, every rank's figures come up.
+"""One collective per forward: rank 0's plan goes down, every rank's figures come up.
 
 A fixed int32 buffer is summed over the group. Rank 0 writes the plan's length and its
 bytes; every rank writes its own figures into its slot; all other words are zero, so
@@ -47,38 +47,57 @@ class Channel:
         self.tp = tp
         self._head = 1 + tp.size * len(FIGURES)
 
-    def exchange(self, ops: list[list[Any]] | None, mine: RankFigures
-                 ) -> tuple[list[list[Any]], list[RankFigures]]:
-        """Rank 0 passes its ops, the others None; everyone gets the ops and every
-        rank's figures. Raises GroupLost when a rank is gone."""
-        data = _encode(ops) if ops is not None else b""
-        buf = np.zeros(self._head + PAYLOAD_WORDS, dtype=np.int32)
-        first = data[: PAYLOAD_WORDS * 4]
-        if ops is not None:
-            buf[0] = len(data)
-            padded = first + b"\0" * (-len(first) % 4)
-            buf[self._head : self._head + len(padded) // 4] = np.frombuffer(padded, np.int32)
-        slot = 1 + self.tp.rank * len(FIGURES)
-        buf[slot : slot + len(FIGURES)] = mine.words()
-        out = self._sum(buf)
+    def send(self, ops: list[list[Any]], mine: RankFigures) -> mx.array:
+        """Rank 0: start the collective and return without waiting for it (its result is
+        queued behind the forward in flight, before the next one: the order every rank
+        sees). `figures()` of the returned array waits."""
+        data = _encode(ops)
+        out = self.tp.all_sum(mx.array(self._buffer(data, mine)))
+        if len(data) > PAYLOAD_WORDS * 4:
+            tail = data[PAYLOAD_WORDS * 4 :]
+            tail += b"\0" * (-len(tail) % 4)
+            rest = self.tp.all_sum(mx.array(np.frombuffer(tail, np.int32)))
+            mx.async_eval(out, rest)
+        else:
+            mx.async_eval(out)
+        return out
+
+    def figures(self, out: mx.array) -> list[RankFigures]:
+        """Every rank's figures from a sent exchange; raises GroupLost."""
+        return self._figures(self._read(out))
+
+    def receive(self, mine: RankFigures) -> list[list[Any]]:
+        """Ranks > 0: wait for rank 0's next operations (sending this rank's figures)."""
+        out = self._read(self.tp.all_sum(mx.array(self._buffer(b"", mine))))
         n = int(out[0])
         payload = out[self._head :].tobytes()[: min(n, PAYLOAD_WORDS * 4)]
         if n > PAYLOAD_WORDS * 4:
-            rest_words = -(-(n - PAYLOAD_WORDS * 4) // 4)
-            rest = np.zeros(rest_words, dtype=np.int32)
-            if ops is not None:
-                tail = data[PAYLOAD_WORDS * 4 :]
-                tail += b"\0" * (-len(tail) % 4)
-                rest[:] = np.frombuffer(tail, np.int32)
-            payload += self._sum(rest).tobytes()[: n - PAYLOAD_WORDS * 4]
-        figures = [RankFigures(*out[1 + r * len(FIGURES) : 1 + (r + 1) * len(FIGURES)].tolist())
-                   for r in range(self.tp.size)]
-        return (json.loads(payload) if n else []), figures
+            rest = self._read(self.tp.all_sum(mx.zeros((-(-(n - PAYLOAD_WORDS * 4) // 4),),
+                                                        dtype=mx.int32)))
+            payload += rest.tobytes()[: n - PAYLOAD_WORDS * 4]
+        return json.loads(payload) if n else []
 
-    def _sum(self, buf: np.ndarray) -> np.ndarray:
+    def _buffer(self, data: bytes, mine: RankFigures) -> np.ndarray:
+        buf = np.zeros(self._head + PAYLOAD_WORDS, dtype=np.int32)
+        if data:
+            first = data[: PAYLOAD_WORDS * 4]
+            first += b"\0" * (-len(first) % 4)
+            buf[0] = len(data)
+            buf[self._head : self._head + len(first) // 4] = np.frombuffer(first, np.int32)
+        slot = 1 + self.tp.rank * len(FIGURES)
+        buf[slot : slot + len(FIGURES)] = mine.words()
+        return buf
+
+    def _figures(self, out: np.ndarray) -> list[RankFigures]:
+        k = len(FIGURES)
+        return [RankFigures(*out[1 + r * k : 1 + (r + 1) * k].tolist())
+                for r in range(self.tp.size)]
+
+    def _read(self, out: mx.array) -> np.ndarray:
         try:
-            out = self.tp.all_sum(mx.array(buf))
             mx.eval(out)
+        except GroupLost:
+            raise
         except RuntimeError as exc:
-            raise GroupLost(f"tensor-parallel group lost: {exc}") from exc
+            raise self.tp.failed(exc) from exc
         return np.array(out)

@@ -12,7 +12,7 @@ import logging
 import mlx.core as mx
 
 from app.engine.models import ModelManager
-from app.engine.tp.errors import GroupLost
+from app.engine.tp.errors import GroupLost, collective_failed
 from app.engine.tp.group import join_group
 from app.engine.tp.journal import STOP, Replica, own_figures
 from app.models.registry import Registry
@@ -38,7 +38,7 @@ def follow(settings: Settings) -> int:
     logger.info("rank %d serving its shard of %s", tp.rank, spec.id)
     try:
         while True:
-            batch, _ = ops.channel.exchange(None, own_figures(ops, ops.kv_bytes()))
+            batch = ops.channel.receive(own_figures(ops, ops.kv_bytes()))
             for op in batch:
                 if op[0] == STOP:
                     logger.info("rank %d: stopped by rank 0", tp.rank)
@@ -55,9 +55,11 @@ def _replay(ops: Replica, op: list[object]) -> None:
         result = ops.run(name, *args)
         if isinstance(result, mx.array):
             mx.eval(result)  # the forward rank 0 samples from: the same collectives
+    except GroupLost:
+        raise
     except RuntimeError as exc:
-        if "peer" in str(exc) or "connection" in str(exc):
-            raise GroupLost(f"tensor-parallel group lost: {exc}") from exc
+        if collective_failed(exc):
+            raise ops.channel.tp.failed(exc) from exc
         logger.exception("replaying %s failed (rank 0 fails the same request)", name)
     except Exception:  # rank 0 ran the same operation on the same shapes: it failed too
         logger.exception("replaying %s failed (rank 0 fails the same request)", name)

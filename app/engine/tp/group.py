@@ -15,6 +15,8 @@ from typing import Any
 
 import mlx.core as mx
 
+from app.engine.tp.errors import GroupLost
+
 logger = logging.getLogger(__name__)
 
 
@@ -25,6 +27,9 @@ class TPGroup:
     backend: str
     stream: Any
     """Where collectives run: the ring backend's on the CPU, NCCL's on the GPU."""
+    lost: str | None = None
+    """Why the group is gone, once a collective failed: no collective is issued after
+    that (on a broken ring a later one can wait forever)."""
 
     @property
     def rank(self) -> int:
@@ -35,7 +40,13 @@ class TPGroup:
         return int(self.group.size())
 
     def all_sum(self, x: mx.array) -> mx.array:
+        if self.lost is not None:
+            raise GroupLost(self.lost)
         return mx.distributed.all_sum(x, group=self.group, stream=self.stream)
+
+    def failed(self, exc: BaseException) -> GroupLost:
+        self.lost = self.lost or f"tensor-parallel group lost: {exc}"
+        return GroupLost(self.lost)
 
 
 def launched() -> bool:

@@ -18,6 +18,7 @@ import mlx.core as mx
 
 from app.engine.cache_ops import CacheOps
 from app.engine.tp.channel import Channel, RankFigures
+from app.engine.tp.errors import GroupLost, collective_failed
 from app.kv.layers import Layers
 from app.models.types import DecodeStep
 
@@ -57,19 +58,33 @@ class Journal(CacheOps):
     def note(self, name: str, *args: Any) -> None:
         self._pending.append([name, *args])
 
-    def flush(self) -> None:
-        """Send the recorded operations now (one collective); raises GroupLost."""
+    def check(self, exc: Exception) -> None:
+        if isinstance(exc, GroupLost):
+            raise exc
+        if collective_failed(exc):
+            raise self.channel.tp.failed(exc) from exc
+
+    def flush(self, wait: bool = False) -> None:
+        """Send the recorded operations (one collective) without waiting for it, unless
+        `wait`: then every rank's figures are read, and a lost rank raises GroupLost."""
         ops, self._pending = self._pending, []
-        _, self.ranks = self.channel.exchange(ops, own_figures(self, self.kv_bytes))
-        self._last = time.monotonic()
+        sent = self.channel.send(ops, own_figures(self, self.kv_bytes))
+        if wait:
+            self.ranks = self.channel.figures(sent)
+            self._last = time.monotonic()
 
     def heartbeat(self) -> None:
-        if self._pending or time.monotonic() - self._last >= HEARTBEAT_SECONDS:
+        """Once per engine loop turn: a waited exchange every HEARTBEAT_SECONDS (busy or
+        not: the figures stay fresh and a dead rank is noticed), else pending operations
+        go out without waiting."""
+        if time.monotonic() - self._last >= HEARTBEAT_SECONDS:
+            self.flush(wait=True)
+        elif self._pending:
             self.flush()
 
     def stop(self) -> None:
         self._pending.append([STOP])
-        self.flush()
+        self.flush(wait=True)
 
 
 class Replica(CacheOps):
@@ -77,6 +92,7 @@ class Replica(CacheOps):
 
     def __init__(self, model: Any, channel: Channel) -> None:
         super().__init__(model, None, self._entry, channel.tp.all_sum)
+        self.project = False  # rank 0 samples; the layers' collectives are all this needs
         self.channel = channel
         self.entries: dict[int, Layers] = {}
         self._snapshot: Layers | None = None
