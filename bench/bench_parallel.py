@@ -163,8 +163,9 @@ def _proxy(servers: list[Server], workdir: Path) -> Iterator[str]:
         proc.wait(10)
 
 
-def _turns(url: str) -> tuple[float, float]:
-    """Aggregate tok/s of turn 1 and turn 2 (the replies appended) of every session."""
+def _turns(url: str) -> tuple[float, float, float]:
+    """Aggregate tok/s of turn 1 and turn 2 (the replies appended) of every session, then
+    of the same first turns sent without a session key (the proxy's round-robin)."""
     first = [chat_body([{"role": "system", "content": f"You are assistant number {i}."},
                         {"role": "user", "content": "Tell me a story about a fox."}],
                        SESSION_TOKENS) for i in range(SESSIONS)]
@@ -173,7 +174,10 @@ def _turns(url: str) -> tuple[float, float]:
     second = [{**b, "messages": [*b["messages"], {"role": "assistant", "content": t},
                                  {"role": "user", "content": "And then?"}]}
               for b, t in zip(first, texts)]
-    return rate1, asyncio.run(_aggregate(url, second, headers))[0]
+    rate2 = asyncio.run(_aggregate(url, second, headers))[0]
+    unkeyed = [{**b, "messages": [{"role": "system", "content": f"Unkeyed {i}."},
+                                  *b["messages"][1:]]} for i, b in enumerate(first)]
+    return rate1, rate2, asyncio.run(_aggregate(url, unkeyed, [{}] * SESSIONS))[0]
 
 
 def _served(servers: list[Server]) -> list[int]:
@@ -192,31 +196,33 @@ def bench_replicas(rounds: int) -> str:
     work = Path(__file__).resolve().parent / "out"
     work.mkdir(exist_ok=True)
     results: dict[str, dict[str, list[float | None]]] = {
-        k: {"t1": [], "t2": []} for k in ("one", "two")}
+        k: {"t1": [], "t2": [], "rr": []} for k in ("one", "two")}
     split: list[int] = []
     for r in range(rounds):
         print(f"round {r + 1}: one pinned replica", flush=True)
         with _pinned("rep-one", gguf, 0) as srv:
-            for k, v in zip(("t1", "t2"), _turns(srv.base_url)):
+            for k, v in zip(("t1", "t2", "rr"), _turns(srv.base_url)):
                 results["one"][k].append(v)
         print(f"round {r + 1}: two pinned replicas behind haproxy", flush=True)
         with ExitStack() as stack:
             servers = [stack.enter_context(_pinned(f"rep-{c}", gguf, c)) for c in (0, 1)]
             url = stack.enter_context(_proxy(servers, work))
-            for k, v in zip(("t1", "t2"), _turns(url)):
+            for k, v in zip(("t1", "t2", "rr"), _turns(url)):
                 results["two"][k].append(v)
             split = _served(servers)
     rows = [[label, _span(results["one"][k]), _span(results["two"][k]),
              fmt_ratio(ratio(median(results["two"][k]), median(results["one"][k])), 1.8)]
             for k, label in (("t1", "turn 1, aggregate tok/s"),
-                             ("t2", "turn 2 (resident KV), aggregate tok/s"))]
+                             ("t2", "turn 2 (resident KV), aggregate tok/s"),
+                             ("rr", "no session key (round-robin), aggregate tok/s"))]
     return (f"## Replicas: {SESSIONS} sessions streaming at once, {SESSION_TOKENS} tokens "
             "a reply, two turns\n\n"
             + md_table(["figure", "one replica (core 0)", "two replicas (cores 0, 1) + "
                         "HAProxy", "two / one (target 1.8)"], rows)
-            + f"\n\nRequests per replica in the last round (both turns): {split}. The "
-            "proxy hashes session keys consistently, so the split follows the keys; the "
-            "slower replica sets the burst's end.\n")
+            + f"\n\nChat requests per replica in the last round (all three bursts): {split}. "
+            "The proxy hashes session keys consistently, so a burst's split follows its 16 "
+            "keys, and the replica with more sessions sets the burst's end; requests without "
+            "a key alternate, which isolates the proxy's own cost.\n")
 
 
 def _span(values: list[float | None]) -> str:
