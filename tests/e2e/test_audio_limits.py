@@ -28,7 +28,9 @@ SAMPLE_RATE = 16_000
 MAX_AUDIO_SECONDS = 75
 WINDOW_SECONDS = 3  # engine seconds per 30 s window: noise windows hit it
 MAX_CHAT_GAP = 0.5  # seconds between a chat stream's chunks while speech is transcribed
-FIRST_CHUNK_SECONDS = 1.5  # a chat request's first chunk, sent mid-window
+FIRST_CHUNK_SECONDS = 1.5  # a chat request's first chunk, sent mid-window ...
+ALONE_SECONDS = 0.2  # ... where its first chunk alone takes this long; a slower machine
+# (a busy VM runs at half speed) scales the bound by its own measured time alone
 NOISE_SECONDS = 70  # three windows, under MAX_AUDIO_SECONDS
 
 
@@ -101,6 +103,8 @@ async def test_chat_is_not_held_behind_looping_noise(limited: Server) -> None:
     bounds the transcription, and every turn it takes stays short: a chat request arriving
     mid-window starts at once and then streams with no long gap."""
     stamps: list[float] = []
+    alone = await asyncio.to_thread(_first_token_seconds, limited,
+                                    "Write a long story about a harbour.")
     async with httpx.AsyncClient(timeout=120) as http:
         t_asr = time.monotonic()
         asr = asyncio.create_task(http.post(limited.api + "/audio/transcriptions",
@@ -126,8 +130,9 @@ async def test_chat_is_not_held_behind_looping_noise(limited: Server) -> None:
     assert t1 - t_asr < 9 * WINDOW_SECONDS + 10, f"noise took {t1 - t_asr:.1f}s"
     # 0.1-0.2 s alone (prefill of a cold prompt, first step); with the noise job's upload,
     # decode and first window beside it ~1 s on a 2-core box, the engine's turns included
-    assert stamps[0] - t0 < FIRST_CHUNK_SECONDS, \
-        f"chat's first chunk came {stamps[0] - t0:.2f}s late"
+    bound = FIRST_CHUNK_SECONDS * max(1.0, alone / ALONE_SECONDS)
+    assert stamps[0] - t0 < bound, \
+        f"chat's first chunk came {stamps[0] - t0:.2f}s late ({alone:.2f}s alone)"
     assert chat_ended or len(stamps) >= 8, f"{len(stamps)} chunks in {t1 - t0:.1f}s"
     gaps = np.diff(stamps)
     assert gaps.max() <= MAX_CHAT_GAP, f"chat waited {gaps.max():.2f}s behind the noise"
@@ -155,9 +160,9 @@ def _raw_request(server: Server, data: bytes, **form: str) -> socket.socket:
     return sock
 
 
-def _first_token_seconds(server: Server) -> float:
+def _first_token_seconds(server: Server, prompt: str = "Say hi.") -> float:
     body = {"model": "smollm2", "stream": True, "max_tokens": 4, "temperature": 0,
-            "messages": [{"role": "user", "content": "Say hi."}]}
+            "messages": [{"role": "user", "content": prompt}]}
     t0 = time.monotonic()
     with httpx.stream("POST", server.api + "/chat/completions", json=body, timeout=30) as r:
         for line in r.iter_lines():
