@@ -30,7 +30,8 @@ WINDOW_SECONDS = 3  # engine seconds per 30 s window: noise windows hit it
 MAX_CHAT_GAP = 0.5  # seconds between a chat stream's chunks while speech is transcribed
 FIRST_CHUNK_SECONDS = 1.5  # a chat request's first chunk, sent mid-window ...
 ALONE_SECONDS = 0.2  # ... where its first chunk alone takes this long; a slower machine
-# (a busy VM runs at half speed) scales the bound by its own measured time alone
+# (a busy VM runs at half speed) scales the bounds by its own measured time alone, up to
+# a window's work (first chunk) or half of it (gaps): held behind the window waits that long
 NOISE_SECONDS = 70  # three windows, under MAX_AUDIO_SECONDS
 
 
@@ -130,12 +131,14 @@ async def test_chat_is_not_held_behind_looping_noise(limited: Server) -> None:
     assert t1 - t_asr < 9 * WINDOW_SECONDS + 10, f"noise took {t1 - t_asr:.1f}s"
     # 0.1-0.2 s alone (prefill of a cold prompt, first step); with the noise job's upload,
     # decode and first window beside it ~1 s on a 2-core box, the engine's turns included
-    bound = FIRST_CHUNK_SECONDS * max(1.0, alone / ALONE_SECONDS)
+    slow = max(1.0, alone / ALONE_SECONDS)  # this machine against the one the bounds are for
+    bound = min(FIRST_CHUNK_SECONDS * slow, WINDOW_SECONDS)
     assert stamps[0] - t0 < bound, \
         f"chat's first chunk came {stamps[0] - t0:.2f}s late ({alone:.2f}s alone)"
     assert chat_ended or len(stamps) >= 8, f"{len(stamps)} chunks in {t1 - t0:.1f}s"
     gaps = np.diff(stamps)
-    assert gaps.max() <= MAX_CHAT_GAP, f"chat waited {gaps.max():.2f}s behind the noise"
+    assert gaps.max() <= min(MAX_CHAT_GAP * slow, WINDOW_SECONDS / 2), \
+        f"chat waited {gaps.max():.2f}s behind the noise ({alone:.2f}s alone)"
 
 
 def test_noise_does_not_come_back_as_a_loop(limited: Server) -> None:
