@@ -19,7 +19,7 @@ import numpy as np
 from mlx_lm.models.cache import make_prompt_cache
 
 from app.engine import forward
-from app.kv.layers import Layers, snapshot_layers
+from app.kv.layers import Layers, prefix_of, snapshot_layers
 from app.models.types import DecodeStep
 
 BATCH = 0
@@ -93,8 +93,8 @@ class CacheOps:
     def op_new(self, h: int, entry: int, length: int) -> None:
         cache = make_prompt_cache(self.model)
         if entry != NO_ENTRY and length > 0:
-            for c, (k, v) in zip(cache, self._layers_of(entry)):
-                c.state = (k[:, :, :length, :], v[:, :, :length, :], length)
+            for c, (k, v) in zip(cache, prefix_of(self._layers_of(entry), length)):
+                c.state = (k, v, length)
         self.caches[h] = cache
 
     def op_prefill(self, h: int, tokens: list[int], sample: bool) -> mx.array | None:
@@ -130,13 +130,13 @@ class CacheOps:
 
     def op_join(self, h: int) -> None:
         """Move per-sequence cache `h` into the batch."""
-        self.op_extend([type(c).merge([c]) for c in self.caches.pop(h)])
+        self._extend([type(c).merge([c]) for c in self.caches.pop(h)])
 
     def op_extend_with(self, g: int) -> None:
         """Move batch-shaped cache `g` (a finished group) into the batch."""
-        self.op_extend(self.caches.pop(g))
+        self._extend(self.caches.pop(g))
 
-    def op_extend(self, caches: list[Any]) -> None:
+    def _extend(self, caches: list[Any]) -> None:
         batch = self.caches.get(BATCH)
         if batch is None:
             self.caches[BATCH] = caches
@@ -176,10 +176,6 @@ class CacheOps:
     def op_snapshot(self, h: int, length: int) -> Layers:
         """Compact copies of the first `length` positions of per-sequence cache `h`."""
         return snapshot_layers([(c.keys, c.values) for c in self.caches[h]], length)
-
-    # -- what replays and metrics need -------------------------------------------------
-    def clear(self) -> None:
-        self.caches.clear()
 
 
 def _no_store(entry: int) -> Layers:

@@ -232,7 +232,7 @@ class Engine:
         self.fatal = str(exc)
         self._stopping = True
         try:
-            self.models.fail_requests(f"server stopped: {exc}")
+            self.models.end_requests(f"server stopped: {exc}", keep_kv=False)
         except Exception:
             logger.exception("ending requests after the group was lost failed")
         assert self._dispatcher is not None

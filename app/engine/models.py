@@ -208,8 +208,10 @@ class ModelManager:
         if tp is not None:
             assert self._tp_channel is not None
             layers_of = kv.layers_of if kv is not None else None
-            ops = Journal(loaded.model, loaded.decode_step, layers_of, self._tp_channel) \
-                if tp.rank == 0 else Replica(loaded.model, self._tp_channel)
+            store_bytes = (lambda: kv.store.total_bytes) if kv is not None else (lambda: 0)
+            ops = Journal(loaded.model, loaded.decode_step, layers_of, self._tp_channel,
+                          store_bytes) if tp.rank == 0 else \
+                Replica(loaded.model, self._tp_channel)
         self.runners[spec.id] = ChatRunner(loaded, scheduler, kv, self.metrics.model(spec.id),
                                            ops)
         handle = ChatModelHandle(spec, loaded.tokenizer, ctx, loaded.fingerprint, loaded.dtype)
@@ -314,8 +316,6 @@ class ModelManager:
         from every rank (raises GroupLost when one is gone)."""
         for runner in self.runners.values():
             if isinstance(runner.ops, Journal):
-                if runner.kv is not None:
-                    runner.ops.kv_bytes = runner.kv.store.total_bytes
                 runner.ops.heartbeat()
 
     def stop_group(self) -> None:
@@ -353,19 +353,16 @@ class ModelManager:
                 del self._embedders[mid]  # queued tasks hold their own reference
                 logger.info("unloaded embedding model %s after %.0fs idle", mid, ttl)
 
-    def end_requests(self, message: str) -> None:
-        """End every request in flight with `message` (KV kept in the stores)."""
+    def end_requests(self, message: str, *, keep_kv: bool = True) -> None:
+        """End every request in flight with `message`: their KV kept in the stores, or,
+        with keep_kv=False (the tensor-parallel group is lost), computing nothing."""
         self.asr.abort_all(message)
         self.embed.abort_all(ModelsShutDown(message))
         for runner in self.runners.values():
-            runner.abort_all(message)
-
-    def fail_requests(self, message: str) -> None:
-        """End every request with `message`, computing nothing (the group is lost)."""
-        self.asr.abort_all(message)
-        self.embed.abort_all(ModelsShutDown(message))
-        for runner in self.runners.values():
-            runner.fail_all(message)
+            if keep_kv:
+                runner.abort_all(message)
+            else:
+                runner.fail_all(message)
 
     def shutdown(self, message: str) -> None:
         """End every request with `message` and write named KV sessions to disk."""

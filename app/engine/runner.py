@@ -225,9 +225,7 @@ class ChatRunner:
         self._collect(launched, next_launched=False)
 
     def _step_logits(self, prev: _Inflight | None, rows: list[Sequence]) -> mx.array:
-        """Logits [B, V] of one decode step (the inputs are the last step's samples, lazy).
-
-        """
+        """Logits [B, V] of one decode step (the inputs are the last step's samples, lazy)."""
         tokens = prev.sample.tokens if prev is not None else \
             mx.array([s.last_token for s in rows])
         return self.ops.decode(tokens)

@@ -34,4 +34,9 @@ def prefix_layers(entry: KVEntry, length: int) -> Layers:
     """Lazy views of the entry's first `length` positions (to seed a request's cache)."""
     if length >= len(entry.tokens):
         return list(entry.layers)
-    return [(k[:, :, :length, :], v[:, :, :length, :]) for k, v in entry.layers]
+    return prefix_of(entry.layers, length)
+
+
+def prefix_of(layers: Layers, length: int) -> Layers:
+    """Lazy views of the first `length` positions of each layer."""
+    return [(k[:, :, :length, :], v[:, :, :length, :]) for k, v in layers]

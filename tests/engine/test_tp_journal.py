@@ -22,7 +22,7 @@ class LoopChannel:
     """Hands rank 0's record straight to an in-process Replica."""
 
     def __init__(self) -> None:
-        self.tp = SimpleNamespace(all_sum=lambda x: x, rank=0, size=2)
+        self.tp = SimpleNamespace(all_sum=lambda x: x, rank=0, size=2, check=lambda exc: None)
         self.replica: Replica | None = None
         self.exchanges = 0
 

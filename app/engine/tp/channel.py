@@ -8,6 +8,7 @@ prefill chunk's tokens) sends the rest in a second collective of the exact size.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -15,16 +16,15 @@ from typing import Any
 import mlx.core as mx
 import numpy as np
 
-from app.engine.tp.errors import GroupLost
 from app.engine.tp.group import TPGroup
 
 PAYLOAD_WORDS = 2048
-FIGURES = ("active_kib", "peak_kib", "cache_kib", "batch_rows", "caches", "kv_kib")
-"""What each rank reports of itself (memory in KiB: int32 holds 2 TiB)."""
 
 
 @dataclass(slots=True)
 class RankFigures:
+    """What each rank reports of itself (memory in KiB: int32 holds 2 TiB)."""
+
     active_kib: int = 0
     peak_kib: int = 0
     cache_kib: int = 0
@@ -38,8 +38,16 @@ class RankFigures:
         return [int(getattr(self, f)) for f in FIGURES]
 
 
+FIGURES = tuple(f.name for f in dataclasses.fields(RankFigures))
+
+
 def _encode(ops: list[list[Any]]) -> bytes:
     return json.dumps(ops, separators=(",", ":")).encode()
+
+
+def _words(data: bytes) -> np.ndarray:
+    """`data` zero-padded to whole int32 words."""
+    return np.frombuffer(data + b"\0" * (-len(data) % 4), np.int32)
 
 
 class Channel:
@@ -54,9 +62,7 @@ class Channel:
         data = _encode(ops)
         out = self.tp.all_sum(mx.array(self._buffer(data, mine)))
         if len(data) > PAYLOAD_WORDS * 4:
-            tail = data[PAYLOAD_WORDS * 4 :]
-            tail += b"\0" * (-len(tail) % 4)
-            rest = self.tp.all_sum(mx.array(np.frombuffer(tail, np.int32)))
+            rest = self.tp.all_sum(mx.array(_words(data[PAYLOAD_WORDS * 4 :])))
             mx.async_eval(out, rest)
         else:
             mx.async_eval(out)
@@ -80,10 +86,9 @@ class Channel:
     def _buffer(self, data: bytes, mine: RankFigures) -> np.ndarray:
         buf = np.zeros(self._head + PAYLOAD_WORDS, dtype=np.int32)
         if data:
-            first = data[: PAYLOAD_WORDS * 4]
-            first += b"\0" * (-len(first) % 4)
+            first = _words(data[: PAYLOAD_WORDS * 4])
             buf[0] = len(data)
-            buf[self._head : self._head + len(first) // 4] = np.frombuffer(first, np.int32)
+            buf[self._head : self._head + len(first)] = first
         slot = 1 + self.tp.rank * len(FIGURES)
         buf[slot : slot + len(FIGURES)] = mine.words()
         return buf
@@ -96,8 +101,6 @@ class Channel:
     def _read(self, out: mx.array) -> np.ndarray:
         try:
             mx.eval(out)
-        except GroupLost:
-            raise
         except RuntimeError as exc:
             raise self.tp.failed(exc) from exc
         return np.array(out)

@@ -12,7 +12,7 @@ import logging
 import mlx.core as mx
 
 from app.engine.models import ModelManager
-from app.engine.tp.errors import GroupLost, collective_failed
+from app.engine.tp.errors import GroupLost
 from app.engine.tp.group import join_group
 from app.engine.tp.journal import STOP, Replica, own_figures
 from app.models.registry import Registry
@@ -55,11 +55,6 @@ def _replay(ops: Replica, op: list[object]) -> None:
         result = ops.run(name, *args)
         if isinstance(result, mx.array):
             mx.eval(result)  # the forward rank 0 samples from: the same collectives
-    except GroupLost:
-        raise
-    except RuntimeError as exc:
-        if collective_failed(exc):
-            raise ops.channel.tp.failed(exc) from exc
-        logger.exception("replaying %s failed (rank 0 fails the same request)", name)
-    except Exception:  # rank 0 ran the same operation on the same shapes: it failed too
+    except Exception as exc:  # rank 0 ran the same operation on the same shapes: it failed too
+        ops.channel.tp.check(exc)  # unless a rank is gone
         logger.exception("replaying %s failed (rank 0 fails the same request)", name)

@@ -15,7 +15,7 @@ from typing import Any
 
 import mlx.core as mx
 
-from app.engine.tp.errors import GroupLost
+from app.engine.tp.errors import GroupLost, collective_failed
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +47,13 @@ class TPGroup:
     def failed(self, exc: BaseException) -> GroupLost:
         self.lost = self.lost or f"tensor-parallel group lost: {exc}"
         return GroupLost(self.lost)
+
+    def check(self, exc: Exception) -> None:
+        """Raise GroupLost if `exc` is a collective's failure (or already GroupLost)."""
+        if isinstance(exc, GroupLost):
+            raise exc
+        if collective_failed(exc):
+            raise self.failed(exc) from exc
 
 
 def launched() -> bool:

@@ -18,8 +18,8 @@ import mlx.core as mx
 
 from app.engine.cache_ops import CacheOps
 from app.engine.tp.channel import Channel, RankFigures
-from app.engine.tp.errors import GroupLost, collective_failed
 from app.kv.layers import Layers
+from app.kv.sizing import kv_nbytes
 from app.models.types import DecodeStep
 
 FORWARDS = frozenset({"prefill", "group", "decode"})
@@ -37,7 +37,8 @@ def own_figures(ops: CacheOps, kv_bytes: int) -> RankFigures:
 
 class Journal(CacheOps):
     def __init__(self, model: Any, decode_step: DecodeStep | None,
-                 layers_of: Callable[[int], Layers] | None, channel: Channel) -> None:
+                 layers_of: Callable[[int], Layers] | None, channel: Channel,
+                 kv_bytes: Callable[[], int] = lambda: 0) -> None:
         super().__init__(model, None, layers_of, channel.tp.all_sum)
         if decode_step is not None:
             raise ValueError("an injected decode step cannot run under tensor parallelism")
@@ -46,8 +47,8 @@ class Journal(CacheOps):
         self._last = time.monotonic()
         self.ranks: list[RankFigures] = []
         """Every rank's figures, as of the last exchange (index = rank)."""
-        self.kv_bytes = 0
-        """This rank's bytes in the KV store (set by the model manager each turn)."""
+        self._kv_bytes = kv_bytes
+        """This rank's bytes in the KV store, now."""
 
     def run(self, name: str, *args: Any, **local: Any) -> Any:
         self._pending.append([name, *args])
@@ -59,16 +60,13 @@ class Journal(CacheOps):
         self._pending.append([name, *args])
 
     def check(self, exc: Exception) -> None:
-        if isinstance(exc, GroupLost):
-            raise exc
-        if collective_failed(exc):
-            raise self.channel.tp.failed(exc) from exc
+        self.channel.tp.check(exc)
 
     def flush(self, wait: bool = False) -> None:
         """Send the recorded operations (one collective) without waiting for it, unless
         `wait`: then every rank's figures are read, and a lost rank raises GroupLost."""
         ops, self._pending = self._pending, []
-        sent = self.channel.send(ops, own_figures(self, self.kv_bytes))
+        sent = self.channel.send(ops, own_figures(self, self._kv_bytes()))
         if wait:
             self.ranks = self.channel.figures(sent)
             self._last = time.monotonic()
@@ -115,5 +113,4 @@ class Replica(CacheOps):
         self._snapshot = None
 
     def kv_bytes(self) -> int:
-        return sum(int(k.nbytes) + int(v.nbytes) for layers in self.entries.values()
-                   for k, v in layers)
+        return sum(kv_nbytes(layers) for layers in self.entries.values())
