@@ -14,7 +14,7 @@ import random
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -235,11 +235,13 @@ def chat_body(messages: list[dict[str, str]], max_tokens: int, **extra: Any) -> 
 
 
 async def stream_chat(client: httpx.AsyncClient, base_url: str, body: dict[str, Any],
-                      timeout: float | None = None) -> StreamResult:
-    """POST a streaming chat completion and time its chunks."""
+                      timeout: float | None = None,
+                      on_first: Callable[[], None] | None = None) -> StreamResult:
+    """POST a streaming chat completion and time its chunks (`on_first`: called when the
+    first content arrives)."""
     res = StreamResult(t_start=time.perf_counter())
     try:
-        await asyncio.wait_for(_consume(client, base_url, body, res), timeout)
+        await asyncio.wait_for(_consume(client, base_url, body, res, on_first), timeout)
     except TimeoutError:
         res.timed_out = True
     res.t_end = time.perf_counter()
@@ -247,7 +249,7 @@ async def stream_chat(client: httpx.AsyncClient, base_url: str, body: dict[str, 
 
 
 async def _consume(client: httpx.AsyncClient, base_url: str, body: dict[str, Any],
-                   res: StreamResult) -> None:
+                   res: StreamResult, on_first: Callable[[], None] | None) -> None:
     async with client.stream("POST", base_url + "/v1/chat/completions", json=body) as resp:
         if resp.status_code != 200:
             raise RuntimeError(f"HTTP {resp.status_code}: {(await resp.aread())[:500]!r}")
@@ -270,6 +272,8 @@ async def _consume(client: httpx.AsyncClient, base_url: str, body: dict[str, Any
                     res.stamps.append(now)
                     if res.t_first is None:
                         res.t_first = now
+                        if on_first is not None:
+                            on_first()
                 if choice.get("finish_reason"):
                     res.finish_reason = choice["finish_reason"]
                     res.t_finish = now
@@ -281,10 +285,10 @@ async def _consume(client: httpx.AsyncClient, base_url: str, body: dict[str, Any
                     "cached_tokens")
 
 
-def client(timeout: float | None = None) -> httpx.AsyncClient:
+def client(timeout: float | None = None, connections: int = 64) -> httpx.AsyncClient:
     # trust_env=False: never route loopback traffic through a proxy from the environment.
     return httpx.AsyncClient(timeout=httpx.Timeout(timeout, connect=10.0), trust_env=False,
-                             limits=httpx.Limits(max_connections=64))
+                             limits=httpx.Limits(max_connections=connections))
 
 
 # -- prompts ----------------------------------------------------------------------------

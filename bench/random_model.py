@@ -249,7 +249,9 @@ def write_gguf(geometry: str, gguf_py: Path, tokenizer_dir: Path = TOKENIZER_DIR
         sub = gguf.GGUFValueType[f["sub_type"]] if f["sub_type"] else None
         writer.add_key_value(name, f["value"], gguf.GGUFValueType[f["type"]], sub_type=sub)
     for file in sorted(src.glob("*.safetensors")):
-        for name, t in mx.load(str(file)).items():
+        weights = mx.load(str(file))
+        assert isinstance(weights, dict)
+        for name, t in weights.items():
             if t.ndim == 1:
                 writer.add_tensor(gguf_name(name), np.array(t.astype(mx.float32)))
             else:
