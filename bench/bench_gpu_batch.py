@@ -87,8 +87,10 @@ def prompts(batch: int, length: int, vocab: int, seed: int) -> list[list[int]]:
     return mx.random.randint(0, vocab, (batch, length)).tolist()  # type: ignore[return-value]
 
 
-async def run_ours(model: Any, vocab: int, batch: int, plen: int, tokens: int,
-                   max_batch: int | None = None) -> Run:
+async def run_ours(model: Any, vocab: int | Any, batch: int, plen: int, tokens: int,
+                   max_batch: int | None = None, kv_cache: bool = False) -> Run:
+    """The full Engine on `model`; `vocab` is the vocabulary size (a tokenizer that decodes
+    nothing) or a real tokenizer (prompts then use its first 1,000 ids)."""
     from app.engine.engine import Engine
     from app.engine.request import Delta, Finished, GenerationRequest, SamplingParams
     from app.models.registry import ModelSource, ModelSpec, Registry
@@ -96,10 +98,12 @@ async def run_ours(model: Any, vocab: int, batch: int, plen: int, tokens: int,
     from app.settings import Settings
 
     spec = ModelSpec("bench", "chat", ModelSource(path="/nonexistent"))
-    engine = Engine(Settings(eager_load=False, max_batch=max_batch, kv_cache=False),
+    engine = Engine(Settings(eager_load=False, max_batch=max_batch, kv_cache=kv_cache),
                     Registry([spec]))
     engine.start(asyncio.get_running_loop())
-    loaded = LoadedChatModel(model, NullTokenizer(vocab), "bench", 1 << 20, "bench")  # type: ignore[arg-type]
+    tokenizer = NullTokenizer(vocab) if isinstance(vocab, int) else vocab
+    vocab = vocab if isinstance(vocab, int) else 1000
+    loaded = LoadedChatModel(model, tokenizer, "bench", 1 << 20, "bench")  # type: ignore[arg-type]
     await engine.call(lambda: engine.models.add_chat_model(spec, loaded))
     first: list[float] = []
 
