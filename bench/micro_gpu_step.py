@@ -9,6 +9,10 @@ the rate drops names the part to look at:
 
   bare            mlx-lm KVCache per layer, argmax, one token list read back per step
   batch-cache     the same with mlx-lm's BatchKVCache (what mlxd batches with)
+  whole-buffer    BatchKVCache whose attention always spans its whole allocated buffer
+                  (the mask hides the unused tail): the shapes then change once per 256
+                  steps, not every step (a lead to test: on CUDA an array mask takes
+                  attention off MLX's fused decode kernel, to cuDNN graphs keyed on shape)
   engine          mlxd's Engine in-process (scheduler, runner, sampler, streams), no KV store
   engine+kv       the same with the resident KV store, as the server runs it
 
@@ -40,12 +44,38 @@ from mlx_lm.models.cache import BatchKVCache, make_prompt_cache  # noqa: E402
 PROMPT = 32
 
 
-def bare(model: Any, batch: int, tokens: int, batched_cache: bool) -> float:
-    cache = [BatchKVCache([0] * batch) for _ in model.layers] if batched_cache \
+class WholeBufferKVCache(BatchKVCache):  # type: ignore[misc]
+    """Attention over the whole allocated buffer, its unused tail masked (a probe, not
+    mlxd's cache)."""
+
+    def _capacity_after(self, n: int) -> int:
+        prev = self._idx
+        if self.keys is not None and prev + n <= self.keys.shape[2]:
+            return int(self.keys.shape[2])
+        grow = (self.step + n - 1) // self.step * self.step
+        if self.keys is None:
+            return grow
+        return (prev if prev % self.step else int(self.keys.shape[2])) + grow
+
+    def make_mask(self, N: int, return_array: bool = False, **kwargs: Any) -> mx.array:
+        cap = self._capacity_after(N)
+        keys = mx.arange(cap)[None, None, None, :]
+        queries = (self._idx + mx.arange(N))[None, None, :, None]
+        pad = self.left_padding[:, None, None, None]
+        return (keys >= pad) & (keys <= queries)
+
+    def keys_and_values(self) -> tuple[mx.array, mx.array]:
+        return self.keys, self.values
+
+
+def bare(model: Any, batch: int, tokens: int, cache_kind: str,
+         out: list[list[int]] | None = None) -> float:
+    kinds = {"batch-cache": BatchKVCache, "whole-buffer": WholeBufferKVCache}
+    cache = [kinds[cache_kind]([0] * batch) for _ in model.layers] if cache_kind in kinds \
         else make_prompt_cache(model)
-    prompt = mx.random.randint(3, 1000, (batch, PROMPT))
+    prompt = mx.random.randint(3, 1000, (batch, PROMPT), key=mx.random.key(batch))
     y = mx.argmax(model(prompt, cache=cache)[:, -1, :], axis=-1)
-    y.tolist()
+    seen = [y.tolist()]
 
     def step(y: mx.array) -> mx.array:
         return mx.argmax(model(y[:, None], cache=cache)[:, -1, :], axis=-1)
@@ -58,8 +88,11 @@ def bare(model: Any, batch: int, tokens: int, batched_cache: bool) -> float:
         if i < tokens - 2:
             nxt = step(cur)
             mx.async_eval(nxt)
-        cur.tolist()
-    return batch * (tokens - 1) / (time.perf_counter() - t0)
+        seen.append(cur.tolist())
+    rate = batch * (tokens - 1) / (time.perf_counter() - t0)
+    if out is not None:
+        out[:] = seen
+    return rate
 
 
 def main() -> int:
@@ -85,8 +118,13 @@ def main() -> int:
 
     for _ in range(cfg.reps):
         for b in batches:
-            record("bare", b, bare(model, b, cfg.tokens, batched_cache=False))
-            record("batch-cache", b, bare(model, b, cfg.tokens, batched_cache=True))
+            record("bare", b, bare(model, b, cfg.tokens, "bare"))
+            ref: list[list[int]] = []
+            whole: list[list[int]] = []
+            record("batch-cache", b, bare(model, b, cfg.tokens, "batch-cache", ref))
+            record("whole-buffer", b, bare(model, b, cfg.tokens, "whole-buffer", whole))
+            if whole != ref:
+                print(f"  whole-buffer tokens differ from batch-cache's at batch {b}")
             for name, kv in (("engine", False), ("engine+kv", True)):
                 run = asyncio.run(run_ours(model, loaded.tokenizer, b, PROMPT, cfg.tokens,
                                            kv_cache=kv))
