@@ -41,11 +41,17 @@ def _deliver(batch: list[tuple[RequestStream, Event]]) -> None:
         stream._put(event)
 
 
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
 class RequestStream:
     def __init__(self, dispatcher: Dispatcher) -> None:
         self._dispatcher = dispatcher
         self._events: deque[Event] = deque()
-        self._ready = asyncio.Event()
+        self._waiter: asyncio.Future[None] | None = None
+        """The consumer's future while it waits for an event."""
         self.closed = False
 
     # -- engine thread side -------------------------------------------------
@@ -69,16 +75,25 @@ class RequestStream:
             self._events.append(event)
         if isinstance(event, FINAL_EVENTS):
             self.closed = True
-        self._ready.set()
+        if self._waiter is not None:
+            _wake(self._waiter)
 
     async def get(self, timeout: float | None = None) -> Event | None:
         """Next event, or None if `timeout` seconds pass first (for keepalives)."""
-        while not self._events:
-            self._ready.clear()
+        if not self._events:
+            # A bare future and a timer, not wait_for(): that costs a task per call, and
+            # this runs once per token of every stream.
+            loop = asyncio.get_running_loop()
+            self._waiter = waiter = loop.create_future()
+            timer = loop.call_later(timeout, _wake, waiter) if timeout is not None else None
             try:
-                await asyncio.wait_for(self._ready.wait(), timeout)
-            except asyncio.TimeoutError:
-                return None
+                await waiter
+            finally:
+                self._waiter = None
+                if timer is not None:
+                    timer.cancel()
+            if not self._events:
+                return None  # the timeout
         return self._events.popleft()
 
     async def __aiter__(self) -> AsyncIterator[Event]:
