@@ -25,8 +25,11 @@ class HFTokenizer:
     wrapper: Any
     """mlx_lm.tokenizer_utils.TokenizerWrapper; other attributes reach the HF tokenizer."""
     _eos_ids: set[int] = field(init=False)
+    _decode: Any = field(init=False)
+    """The wrapped tokenizer's decode, looked up once: the engine calls it every token."""
 
     def __post_init__(self) -> None:
+        self._decode = self.wrapper.decode
         special = set(self.wrapper.all_special_ids)
         eos = set(self.wrapper.eos_token_ids)
         self._eos_ids = end_of_turn_ids(eos, self.wrapper.get_vocab(), special)
@@ -72,7 +75,7 @@ class HFTokenizer:
         return list(self.wrapper.encode(text, add_special_tokens=add_special_tokens))
 
     def decode(self, ids: list[int]) -> str:
-        return str(self.wrapper.decode(ids, skip_special_tokens=True))
+        return str(self._decode(ids, skip_special_tokens=True))
 
     def apply_chat_template(
         self, messages: list[dict[str, Any]], add_generation_prompt: bool = True,
