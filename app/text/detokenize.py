@@ -37,8 +37,14 @@ class IncrementalDetokenizer:
         delta = text[len(done) :] if text.startswith(done) else text
         self._read = len(self.ids)
         if self._read - self._prefix > MAX_WINDOW_TOKENS:
-            self._prefix = self._read - CONTEXT_TOKENS
-            self._done = self.decode(self.ids[self._prefix : self._read])
+            start = self._read - CONTEXT_TOKENS
+            done = self.decode(self.ids[start : self._read])
+            # A window opening inside a character (byte tokens) decodes its first bytes as
+            # U+FFFD, and the next decode might not start with this one: step back.
+            while done.startswith(REPLACEMENT_CHAR) and start > self._prefix:
+                start -= 1
+                done = self.decode(self.ids[start : self._read])
+            self._prefix, self._done = start, done
         else:
             self._done = text
         return delta

@@ -37,3 +37,4 @@ def test_long_stream_matches_full_decode_across_window_jumps() -> None:
     deltas = [d.add(i) for i in ids]
     assert "".join(deltas) + d.flush() == decode(ids)
     assert all(REPLACEMENT_CHAR not in x for x in deltas)
+
