@@ -268,7 +268,8 @@ def main() -> None:
     counts = [int(x) for x in args.streams.split(",") if x]
     profiles = [int(x) for x in args.profile.split(",") if x]
     command = "bench/bench_host_overhead.py " + " ".join(
-        f"--{k} {v}" for k, v in (("streams", args.streams), ("tokens", args.tokens),
+        f"--{k} {v}" for k, v in (("model", args.model if args.model != MODEL_DIR else None),
+                                  ("streams", args.streams), ("tokens", args.tokens),
                                   ("bursts", args.bursts), ("profile", args.profile),
                                   ("max-batch", args.max_batch),
                                   ("base", args.base), ("head", args.head if args.base else None),
@@ -311,7 +312,11 @@ def main() -> None:
                   f"each, {args.bursts - 1} measured bursts per N per run).", "",
                   ab_table(base, head, figs), "", "Per revision:", ""]
         for label in (base, head):
-            lines += [f"**{label}**", "", figures_table(figs[label]), ""]
+            lines += [f"**{label}**", "", figures_table(figs[label]), "", "Raw bursts (tok/s, "
+                      "CPU ms/token), in the order run:", ""]
+            lines += [f"- N={n}: " + ", ".join(f"{b.tok_per_s:.0f}/{b.cpu_ms_per_token:.3f}"
+                                               for b in bs)
+                      for n, bs in sorted(figs[label].bursts.items())] + [""]
         name = args.out or f"host-overhead-ab-{base}-{head}.md"
     path = write_report(name, "\n".join(lines) + "\n")
     print("\n".join(lines) + f"\nwritten to {path}")
