@@ -106,8 +106,8 @@ class HFTokenizer:
 
 
 def _fast_decode(wrapper: Any) -> Callable[[list[int]], str] | None:
-    """The `tokenizers` backend's own decode, where transformers' decode would only call
-    it (no subclass override, no space clean-up): a third of the cost per call."""
+    """The `tokenizers` backend's own decode, where transformers' decode would only wrap
+    it (no subclass override, no space clean-up): the wrapping costs more than the decode."""
     try:
         from transformers.tokenization_utils_base import PreTrainedTokenizerBase
         from transformers.tokenization_utils_tokenizers import TokenizersBackend
