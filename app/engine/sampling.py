@@ -143,14 +143,17 @@ def launch_sample(
     logits: mx.array, rows: Sequence[RowSampler], generated: Sequence[list[int]]
 ) -> PendingSample:
     """Build the sampling graph for logits[B, V] without evaluating it."""
-    logits = logits.astype(mx.float32)
-    processed = []
-    for i, row in enumerate(rows):
-        x = logits[i]
-        for proc in row.processors:
-            x = proc(generated[i], x)
-        processed.append(x)
-    x_all = mx.stack(processed) if any(r.processors for r in rows) else logits
+    x_all = logits.astype(mx.float32)
+    if any(r.processors for r in rows):
+        # Sliced per row only here: a batch of plain rows (the usual case) builds no
+        # per-row graph every step.
+        processed = []
+        for i, row in enumerate(rows):
+            x = x_all[i]
+            for proc in row.processors:
+                x = proc(generated[i], x)
+            processed.append(x)
+        x_all = mx.stack(processed)
     if any(r.constraint is not None for r in rows):
         x_all = _masked(x_all, rows, generated)
 

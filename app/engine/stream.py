@@ -45,7 +45,11 @@ class RequestStream:
     def __init__(self, dispatcher: Dispatcher) -> None:
         self._dispatcher = dispatcher
         self._events: deque[Event] = deque()
-        self._ready = asyncio.Event()
+        self._waiter: asyncio.Future[None] | None = None
+        """The consumer's future while it waits for an event."""
+        self._deadline: float | None = None
+        """loop.time() when the waiting consumer gets None instead (its keepalive)."""
+        self._timer: asyncio.TimerHandle | None = None
         self.closed = False
 
     # -- engine thread side -------------------------------------------------
@@ -69,17 +73,44 @@ class RequestStream:
             self._events.append(event)
         if isinstance(event, FINAL_EVENTS):
             self.closed = True
-        self._ready.set()
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
 
     async def get(self, timeout: float | None = None) -> Event | None:
         """Next event, or None if `timeout` seconds pass first (for keepalives)."""
-        while not self._events:
-            self._ready.clear()
+        if not self._events:
+            # A bare future, not wait_for() (a task per call), and one timer per stream
+            # that is moved on when it fires, not one per call: this runs once per token
+            # of every stream.
+            loop = asyncio.get_running_loop()
+            self._waiter = waiter = loop.create_future()
+            self._deadline = None if timeout is None else loop.time() + timeout
+            if self._deadline is not None and (self._timer is None
+                                               or self._timer.when() > self._deadline):
+                if self._timer is not None:
+                    self._timer.cancel()
+                self._timer = loop.call_at(self._deadline, self._expire)
             try:
-                await asyncio.wait_for(self._ready.wait(), timeout)
-            except asyncio.TimeoutError:
-                return None
+                await waiter
+            finally:
+                self._waiter = None
+            if not self._events:
+                return None  # the timeout
         return self._events.popleft()
+
+    def _expire(self) -> None:
+        self._timer = None
+        waiter, deadline = self._waiter, self._deadline
+        if waiter is None or waiter.done() or deadline is None:
+            return  # no one waits with a timeout: the next get() arms a timer
+        loop = waiter.get_loop()
+        if loop.time() < deadline:
+            self._timer = loop.call_at(deadline, self._expire)
+        else:
+            waiter.set_result(None)
 
     async def __aiter__(self) -> AsyncIterator[Event]:
         while True:

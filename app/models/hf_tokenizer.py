@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,8 +26,11 @@ class HFTokenizer:
     wrapper: Any
     """mlx_lm.tokenizer_utils.TokenizerWrapper; other attributes reach the HF tokenizer."""
     _eos_ids: set[int] = field(init=False)
+    _decode: Callable[[list[int]], str] = field(init=False)
+    """decode(ids) without special tokens, chosen once: the engine calls it every token."""
 
     def __post_init__(self) -> None:
+        self._decode = _fast_decode(self.wrapper) or self._transformers_decode
         special = set(self.wrapper.all_special_ids)
         eos = set(self.wrapper.eos_token_ids)
         self._eos_ids = end_of_turn_ids(eos, self.wrapper.get_vocab(), special)
@@ -72,6 +76,9 @@ class HFTokenizer:
         return list(self.wrapper.encode(text, add_special_tokens=add_special_tokens))
 
     def decode(self, ids: list[int]) -> str:
+        return self._decode(ids)
+
+    def _transformers_decode(self, ids: list[int]) -> str:
         return str(self.wrapper.decode(ids, skip_special_tokens=True))
 
     def apply_chat_template(
@@ -96,3 +103,25 @@ class HFTokenizer:
             tools=tools,
             **variables,
         )
+
+
+def _fast_decode(wrapper: Any) -> Callable[[list[int]], str] | None:
+    """The `tokenizers` backend's own decode, where transformers' decode would only wrap
+    it (no subclass override, no space clean-up): the wrapping costs more than the decode."""
+    try:
+        from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+        from transformers.tokenization_utils_tokenizers import TokenizersBackend
+    except ImportError:  # another transformers layout: its decode is used as is
+        return None
+    hf: Any = getattr(wrapper, "_tokenizer", None)
+    cls = type(hf)
+    if not isinstance(hf, TokenizersBackend) or cls.decode is not PreTrainedTokenizerBase.decode \
+            or cls._decode is not TokenizersBackend._decode or hf.clean_up_tokenization_spaces:
+        return None
+    backend: Any = hf._tokenizer  # tokenizers.Tokenizer
+    backend_decode = backend.decode
+
+    def decode(ids: list[int]) -> str:
+        return str(backend_decode(ids, skip_special_tokens=True))
+
+    return decode

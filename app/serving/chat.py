@@ -13,7 +13,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import jinja2
@@ -33,7 +33,7 @@ from app.engine.stream import RequestStream
 from app.models.registry import Registry
 from app.protocol.chat import ChatCompletionRequest
 from app.protocol.errors import APIError
-from app.protocol.sse import SSE_DONE, SSE_HEADERS, sse_comment, sse_data
+from app.protocol.sse import SSE_DONE, SSE_HEADERS, SSEFrames, sse_comment, sse_data
 from app.serving.chat_output import ChoiceOutput, logprobs_json, usage_json
 from app.serving.generation import (
     MergedStreams,
@@ -73,6 +73,13 @@ class PreparedChat:
     """Split `<think>` reasoning out of replies."""
     thinking: bool = False
     """The prompt opened `<think>`: replies start inside reasoning."""
+    frames: SSEFrames = field(init=False)
+    """The stream's chunks: everything but the choice serialised once."""
+
+    def __post_init__(self) -> None:
+        self.frames = SSEFrames({"id": self.id, "object": "chat.completion.chunk",
+                                 "created": self.created, "model": self.model_name,
+                                 "system_fingerprint": _fp(self)}, "choices")
 
     def output(self) -> ChoiceOutput:
         """A fresh output shaper for one choice."""
@@ -220,9 +227,7 @@ class ChatService:
         choice: dict[str, Any] = {"index": index, "delta": delta,
                                   "logprobs": logprobs_json(logprobs) if logprobs else None,
                                   "finish_reason": finish}
-        return sse_data({"id": prep.id, "object": "chat.completion.chunk",
-                         "created": prep.created, "model": prep.model_name,
-                         "system_fingerprint": _fp(prep), "choices": [choice]})
+        return prep.frames.item(choice)
 
 
 def _fp(prep: PreparedChat) -> str:

@@ -8,7 +8,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -20,7 +20,7 @@ from app.engine.stream import RequestStream
 from app.models.registry import Registry
 from app.protocol.completions import CompletionRequest
 from app.protocol.errors import APIError
-from app.protocol.sse import SSE_DONE, SSE_HEADERS, sse_comment, sse_data
+from app.protocol.sse import SSE_DONE, SSE_HEADERS, SSEFrames, sse_comment, sse_data
 from app.serving.chat_output import floor_logprob, usage_json
 from app.serving.generation import (
     MergedStreams,
@@ -46,6 +46,13 @@ class PreparedCompletion:
     """Per choice: the prompt text put in front of it (echo), else ''."""
     id: str
     created: int
+    frames: SSEFrames = field(init=False)
+    """The stream's chunks: everything but the choice serialised once."""
+
+    def __post_init__(self) -> None:
+        self.frames = SSEFrames({"id": self.id, "object": "text_completion",
+                                 "created": self.created, "model": self.handle.spec.id},
+                                "choices")
 
 
 class CompletionService:
@@ -169,8 +176,7 @@ class CompletionService:
         return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish}
 
     def _chunk(self, prep: PreparedCompletion, choice: dict[str, Any]) -> bytes:
-        return sse_data({"id": prep.id, "object": "text_completion", "created": prep.created,
-                         "model": prep.handle.spec.id, "choices": [choice]})
+        return prep.frames.item(choice)
 
 
 def _add_usage(total: Usage, one: Usage, index: int, n: int) -> None:

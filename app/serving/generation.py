@@ -14,6 +14,7 @@ from app.engine.models import ChatModelHandle
 from app.engine.request import (
     Admitted,
     Delta,
+    Event,
     Failed,
     Finished,
     GenerationRequest,
@@ -156,13 +157,20 @@ class MergedStreams:
     `open` counts the choices not yet finished. Call `close()` when done with it."""
 
     def __init__(self, streams: Sequence[RequestStream], keepalive: float) -> None:
+        self._keepalive = keepalive
+        # One choice (the usual case) is read directly: a pump task and a queue would add
+        # two task switches to every token.
+        self._single = streams[0] if len(streams) == 1 else None
         self._queue: asyncio.Queue[tuple[int, StreamEvent]] = asyncio.Queue()
-        self._pumps = [asyncio.create_task(self._pump(i, s, keepalive))
-                       for i, s in enumerate(streams)]
+        self._pumps = [] if self._single is not None else [
+            asyncio.create_task(self._pump(i, s, keepalive)) for i, s in enumerate(streams)]
         self.open = len(streams)
 
     async def next(self) -> tuple[int, StreamEvent]:
-        index, event = await self._queue.get()
+        if self._single is not None:
+            index, event = 0, _choice_event(await self._single.get(timeout=self._keepalive))
+        else:
+            index, event = await self._queue.get()
         if isinstance(event, (Finished, Failed)):
             self.open -= 1
         return index, event
@@ -173,8 +181,13 @@ class MergedStreams:
 
     async def _pump(self, index: int, stream: RequestStream, keepalive: float) -> None:
         while True:
-            event = await stream.get(timeout=keepalive)
-            assert not isinstance(event, Admitted)
-            await self._queue.put((index, event))  # type: ignore[arg-type]
+            event = _choice_event(await stream.get(timeout=keepalive))
+            await self._queue.put((index, event))
             if isinstance(event, (Finished, Failed)):
                 return
+
+
+def _choice_event(event: Event | None) -> StreamEvent:
+    """A chat or completion stream's event after admission (the type says so)."""
+    assert event is None or isinstance(event, (Delta, Finished, Failed))
+    return event

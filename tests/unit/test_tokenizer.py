@@ -15,6 +15,7 @@ from app.models.gguf.tokenizer import (
     GGUFTokenizer,
     GGUFTokenizerSpec,
 )
+from app.text.detokenize import IncrementalDetokenizer
 
 # -- a tiny synthetic SentencePiece ('llama') vocabulary --------------------------------
 SPM_PIECES = ["▁", "h", "e", "l", "o", "w", "r", "d", "▁h", "ll", "▁he", "▁hell", "▁hello",
@@ -69,3 +70,15 @@ def test_unknown_pre_tokenizer_falls_back_to_gpt2(caplog: pytest.LogCaptureFixtu
     ids = tok.encode("ab ab<|endoftext|>")
     assert [tok.hf.id_to_token(i) for i in ids] == ["ab", "Ġab", "<|endoftext|>"]
     assert tok.eos_token_ids == {0}
+
+
+def test_incremental_detokenizer_over_byte_fallback_characters() -> None:
+    # Characters spelled by <0xNN> tokens, longer than the detokenizer's left context: a
+    # window opening inside one decodes differently depending on what follows, which used
+    # to emit U+FFFD garbage ("🎉本ß" came out as "🎉本��").
+    tok = GGUFTokenizer(_spm_spec())
+    byte_token = 3  # <0x00>, after <unk> <s> </s>
+    for text in ("🎉本ß", "日本語🎉🎉 hello world"):
+        ids = [byte_token + b for b in text.encode()]
+        d = IncrementalDetokenizer(tok.decode)
+        assert "".join(d.add(i) for i in ids) + d.flush() == text
