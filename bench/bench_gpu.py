@@ -172,19 +172,24 @@ class Figures:
     profiles: dict[int, str] = field(default_factory=dict)
     """py-spy summaries of a burst of N streams (mlxd, --profile)."""
 
-    def rates(self, streams: int) -> list[float]:
-        """Rates of the bursts after the first of this size (all of them if only one)."""
+    def timed(self, streams: int) -> list[Burst]:
+        """The bursts of this size after the first (the first one, if it is the only one):
+        the first pays for kernel compilation."""
         mine = [b for b in self.bursts if b.streams == streams]
-        timed = mine[1:] or mine
-        return [b.tok_s for b in timed]
+        return mine[1:] or mine
+
+    def rates(self, streams: int) -> list[float]:
+        return [b.tok_s for b in self.timed(streams)]
 
     def first_rate(self, streams: int) -> float | None:
         mine = [b for b in self.bursts if b.streams == streams]
         return mine[0].tok_s if len(mine) > 1 else None
 
+    def ttfts(self, streams: int) -> list[float]:
+        return [t for b in self.timed(streams) for t in b.ttfts]
+
     def ttft_max(self, streams: int) -> float | None:
-        mine = [b for b in self.bursts if b.streams == streams and b.ttfts][1:]
-        return max((max(b.ttfts) for b in mine), default=None)
+        return max(self.ttfts(streams), default=None)
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -375,35 +380,17 @@ def bare(geometry: str, streams: list[int], tokens: int, bursts: int) -> Figures
 
 
 def bare_loop(geometry: str, streams: list[int], tokens: int, bursts: int) -> None:
-    """Batched prefill of random prompts, then greedy steps; step t+1 is queued before the
-    tokens of step t are read back (mlx-lm's generate pipelining)."""
+    """micro_gpu_step's bare loop (mlx-lm's KVCache, step t+1 queued before step t's
+    tokens are read back) on the mlx-lm-loaded model, one JSON line per burst."""
     import mlx.core as mx
+    from micro_gpu_step import bare
     from mlx_lm import load
-    from mlx_lm.models.cache import make_prompt_cache
 
     model = load(str(model_dir(geometry)))[0]
-
-    def step(y: mx.array, cache: list[Any]) -> mx.array:
-        return mx.argmax(model(y[:, None], cache=cache)[:, -1, :], axis=-1)
-
     for rep in range(bursts):
         for b in streams:
-            cache = make_prompt_cache(model)
-            prompt = mx.random.randint(3, 49152, (b, PROMPT_TOKENS_BARE))
-            y = mx.argmax(model(prompt, cache=cache)[:, -1, :], axis=-1)
-            y.tolist()
-            t0 = time.perf_counter()
-            nxt = step(y, cache)
-            mx.async_eval(nxt)
-            for i in range(tokens - 1):
-                cur = nxt
-                if i < tokens - 2:
-                    nxt = step(cur, cache)
-                    mx.async_eval(nxt)
-                cur.tolist()
-            rate = b * (tokens - 1) / (time.perf_counter() - t0)
+            rate = bare(model, b, tokens, "bare")
             print(json.dumps({"streams": b, "rep": rep, "tok_s": rate}), flush=True)
-            del cache
             mx.clear_cache()
 
 
@@ -457,8 +444,7 @@ def report(geometry: str, figs: dict[str, Figures], cfg: argparse.Namespace,
 
 
 def _p50_p95(fig: Figures, n: int) -> str:
-    mine = [b for b in fig.bursts if b.streams == n and b.ttfts][1:]
-    vals = [t for b in mine for t in b.ttfts]
+    vals = fig.ttfts(n)
     if not vals:
         return "—"
     return f"{fmt(percentile(vals, 0.5))} / {fmt(percentile(vals, 0.95))}"

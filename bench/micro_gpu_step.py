@@ -64,7 +64,7 @@ class WholeBufferKVCache(BatchKVCache):  # type: ignore[misc]
         pad = self.left_padding[:, None, None, None]
         return (keys >= pad) & (keys <= queries)
 
-    def keys_and_values(self) -> tuple[mx.array, mx.array]:
+    def keys_and_values(self) -> tuple[Any, Any]:
         return self.keys, self.values
 
 
@@ -75,7 +75,7 @@ def bare(model: Any, batch: int, tokens: int, cache_kind: str,
         else make_prompt_cache(model)
     prompt = mx.random.randint(3, 1000, (batch, PROMPT), key=mx.random.key(batch))
     y = mx.argmax(model(prompt, cache=cache)[:, -1, :], axis=-1)
-    seen = [y.tolist()]
+    seen: list[Any] = [y.tolist()]
 
     def step(y: mx.array) -> mx.array:
         return mx.argmax(model(y[:, None], cache=cache)[:, -1, :], axis=-1)
