@@ -54,6 +54,10 @@ class Settings(BaseSettings):
     and SwiGLU in mlx-lm, numpy decode steps for Llama-family chat models, numpy GELU/softmax,
     logits and decode steps for Whisper (chosen per model at load, app/accel/choose.py);
     False = MLX's and mlx-lm's own ops throughout, every model."""
+    gpu_fast_kernels: bool = True
+    """On an NVIDIA GPU, compute with app/accel/gpu/ where it is faster: the attention of
+    batched decode steps in one kernel of ours, not MLX's masked fallback (app/accel/choose.py);
+    False = MLX's and mlx-lm's own ops."""
     cpu_quantized_weights: bool = True
     """With cpu_fast_kernels on an x86 CPU: a GGUF's Q4_0/Q4_1/Q8_0 weights stay quantized
     (decode steps read the packed bytes through app/accel/cpu/quantized.py, prefill

@@ -9,12 +9,15 @@ the rate drops names the part to look at:
 
   bare            mlx-lm KVCache per layer, argmax, one token list read back per step
   batch-cache     the same with mlx-lm's BatchKVCache (what mlxd batches with)
-  whole-buffer    BatchKVCache whose attention always spans its whole allocated buffer
-                  (the mask hides the unused tail): the shapes then change once per 256
-                  steps, not every step (a lead to test: on CUDA an array mask takes
-                  attention off MLX's fused decode kernel, to cuDNN graphs keyed on shape)
-  engine          mlxd's Engine in-process (scheduler, runner, sampler, streams), no KV store
-  engine+kv       the same with the resident KV store, as the server runs it
+  batch-nomask    BatchKVCache without its mask (right here only: no row is padded), so
+                  MLX's fused attention runs: what the mask costs (on CUDA an array mask
+                  takes attention off the fused kernel, to separate matmul/softmax ones)
+  batch-ours      BatchKVCache with app/accel/gpu's decode attention (the mask's work
+                  done by the kernel, from each row's left padding)
+  engine          mlxd's Engine in-process (scheduler, runner, sampler, streams), no KV
+                  store, MLX's attention
+  engine-ours     the same with app/accel/gpu's decode attention
+  engine+kv-ours  that with the resident KV store, as the server runs on a GPU
 
 Each figure is tokens/s of decode (after the first token), best of --reps; the process's
 MLX_* settings are printed with it (MLX reads them once, at its first GPU use).
@@ -41,36 +44,22 @@ import mlx.core as mx  # noqa: E402
 from bench_gpu_batch import run_ours  # noqa: E402
 from mlx_lm.models.cache import BatchKVCache, make_prompt_cache  # noqa: E402
 
+from app.accel.gpu import patch as gpu_patch  # noqa: E402
+
 PROMPT = 32
 
 
-class WholeBufferKVCache(BatchKVCache):  # type: ignore[misc]
-    """Attention over the whole allocated buffer, its unused tail masked (a probe, not
-    mlxd's cache)."""
+class UnmaskedKVCache(BatchKVCache):  # type: ignore[misc]
+    """A BatchKVCache that gives no mask for one query a row (valid only unpadded)."""
 
-    def _capacity_after(self, n: int) -> int:
-        prev = self._idx
-        if self.keys is not None and prev + n <= self.keys.shape[2]:
-            return int(self.keys.shape[2])
-        grow = (self.step + n - 1) // self.step * self.step
-        if self.keys is None:
-            return grow
-        return (prev if prev % self.step else int(self.keys.shape[2])) + grow
-
-    def make_mask(self, N: int, return_array: bool = False, **kwargs: Any) -> mx.array:
-        cap = self._capacity_after(N)
-        keys = mx.arange(cap)[None, None, None, :]
-        queries = (self._idx + mx.arange(N))[None, None, :, None]
-        pad = self.left_padding[:, None, None, None]
-        return (keys >= pad) & (keys <= queries)
-
-    def keys_and_values(self) -> tuple[Any, Any]:
-        return self.keys, self.values
+    def make_mask(self, N: int, return_array: bool = False, **kwargs: Any) -> Any:
+        return None if N == 1 else super().make_mask(N, return_array, **kwargs)
 
 
 def bare(model: Any, batch: int, tokens: int, cache_kind: str,
          out: list[list[int]] | None = None) -> float:
-    kinds = {"batch-cache": BatchKVCache, "whole-buffer": WholeBufferKVCache}
+    kinds = {"batch-cache": BatchKVCache, "batch-nomask": UnmaskedKVCache,
+             "batch-ours": BatchKVCache}
     cache = [kinds[cache_kind]([0] * batch) for _ in model.layers] if cache_kind in kinds \
         else make_prompt_cache(model)
     prompt = mx.random.randint(3, 1000, (batch, PROMPT), key=mx.random.key(batch))
@@ -93,6 +82,14 @@ def bare(model: Any, batch: int, tokens: int, cache_kind: str,
     if out is not None:
         out[:] = seen
     return rate
+
+
+def with_kernel(on: bool) -> None:
+    """app/accel/gpu's decode attention in mlx-lm, or mlx-lm's own (CUDA only)."""
+    if on and mx.cuda.is_available():
+        gpu_patch.PATCH.install()
+    else:
+        gpu_patch.PATCH.uninstall()
 
 
 def main() -> int:
@@ -120,15 +117,20 @@ def main() -> int:
         for b in batches:
             record("bare", b, bare(model, b, cfg.tokens, "bare"))
             ref: list[list[int]] = []
-            whole: list[list[int]] = []
             record("batch-cache", b, bare(model, b, cfg.tokens, "batch-cache", ref))
-            record("whole-buffer", b, bare(model, b, cfg.tokens, "whole-buffer", whole))
-            if whole != ref:
-                print(f"  whole-buffer tokens differ from batch-cache's at batch {b}")
-            for name, kv in (("engine", False), ("engine+kv", True)):
+            for name in ("batch-nomask", "batch-ours"):
+                seen: list[list[int]] = []
+                with_kernel(name.endswith("ours"))
+                record(name, b, bare(model, b, cfg.tokens, name, seen))
+                if seen != ref:
+                    print(f"  {name} tokens differ from batch-cache's at batch {b}")
+            for name, kv in (("engine", False), ("engine-ours", False),
+                             ("engine+kv-ours", True)):
+                with_kernel(name.endswith("ours"))
                 run = asyncio.run(run_ours(model, loaded.tokenizer, b, PROMPT, cfg.tokens,
                                            kv_cache=kv))
                 record(name, b, run.decode_tps)
+            with_kernel(False)
     print("\n| step | " + " | ".join(f"batch {b}" for b in batches) + " |")
     print("|---|" + "---:|" * len(batches))
     for name, by in rows.items():

@@ -9,8 +9,10 @@ On an x86 CPU under `mlx[cpu]` with `Settings.cpu_fast_kernels` on:
   layer at a time (quantized_prefill.py);
 - Whisper: decoder weights input-major, GELU and the encoder's softmax in numpy, the
   logits projection and decode steps through panels (`Whisper.use_ops`).
-Everywhere else (Metal, CUDA, or the setting off) models keep MLX's own ops; a chat
-model loaded with the setting off also takes back the mlx-lm patch, were it installed.
+On an NVIDIA GPU with `Settings.gpu_fast_kernels` on: chat models' batched decode
+attention runs one kernel of ours (app/accel/gpu/; mlx-lm patched process-wide).
+Everywhere else (Metal, or the settings off) models keep MLX's own ops; a chat model
+loaded with its setting off also takes back an mlx-lm patch, were one installed.
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ from app.accel.cpu import mlx_lm_patch, quantized, quantized_prefill, whisper_op
 from app.accel.cpu.bert_encoder import NumpyBertEncoder
 from app.accel.cpu.llama_decoder import CpuLlamaDecoder
 from app.accel.cpu.whisper_decoder import NumpyTextDecoder
+from app.accel.gpu import patch as gpu_patch
 from app.models.bert import LoadedEmbeddingModel
-from app.models.device import on_cpu
+from app.models.device import on_cpu, on_cuda
 from app.models.types import LoadedChatModel
 from app.models.whisper.model import Whisper
 from app.models.whisper.ops import WhisperOps
@@ -55,6 +58,10 @@ def accelerate_chat(loaded: LoadedChatModel, settings: Settings,
         mlx_lm_patch.uninstall()
         quantized_prefill.uninstall(loaded.model)
         loaded.acceleration = MLX_ONLY
+        if settings.gpu_fast_kernels and on_cuda() and gpu_patch.PATCH.install():
+            loaded.acceleration = "gpu decode attention"
+        else:
+            gpu_patch.PATCH.uninstall()
         return loaded.acceleration
     parts = []
     if mlx_lm_patch.install():

@@ -1,4 +1,4 @@
-"""The mlx-lm patch (app/accel/cpu/mlx_lm_patch.py): every layer of every patched
+"""The mlx-lm patch (app/accel/mlx_lm_patch.py, the CPU wing's): every layer of every patched
 architecture reaches our kernels, logits stay mlx-lm's, untested releases are refused."""
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import pytest
 from mlx_lm.models import llama
 from mlx_lm.models.cache import make_prompt_cache
 
+from app.accel import mlx_lm_patch as generic_patch
 from app.accel.cpu import kernels, mlx_lm_patch
 from app.models.hf import load_hf
 from tests.tiny_model import build_tiny_llama, random_model
@@ -69,9 +70,9 @@ def test_patched_logits_equal_mlx_lm(tmp_path: Path, restored: None) -> None:
 
 def test_untested_mlx_lm_release_is_refused(restored: None, monkeypatch: pytest.MonkeyPatch,
                                             caplog: pytest.LogCaptureFixture) -> None:
-    assert mlx_lm_patch.refusal(mlx_lm_patch.mlx_lm_version()) is None  # the pinned one
+    assert mlx_lm_patch.refusal(generic_patch.mlx_lm_version()) is None  # the pinned one
     assert mlx_lm_patch.refusal("0.31.9") is not None
-    monkeypatch.setattr(mlx_lm_patch, "mlx_lm_version", lambda: "0.40.1")
+    monkeypatch.setattr(generic_patch, "mlx_lm_version", lambda: "0.40.1")
     own = llama.scaled_dot_product_attention
     assert not mlx_lm_patch.install()
     assert llama.scaled_dot_product_attention is own
