@@ -26,6 +26,7 @@ import argparse
 import asyncio
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -335,7 +336,7 @@ def server_for(cfg: argparse.Namespace, key: str, geometry: str) -> Iterator[Ser
                                            str(gguf_file(geometry)), *LLAMA_SERVER_ARGS],
                           f"llama-server {' '.join(LLAMA_SERVER_ARGS)}")
     elif key == "mlxd":
-        spec = ours_spec(f"mlxd-{geometry}", hf)
+        spec = ours_spec(f"mlxd-{geometry}", hf, *shlex.split(cfg.mlxd_args))
     else:
         spec = peer_spec(f"mlx_lm-{geometry}", hf, openblas=False)
     with running(spec) as srv:
@@ -454,8 +455,10 @@ def run(cfg: argparse.Namespace) -> str:
     text = (f"# GPU serving side by side\n\n`python3 bench/bench_gpu.py {' '.join(sys.argv[1:])}`"
             f"\n\n{environment_note()} · {gpu_name()}\n\nEach server alone on the GPU, one "
             f"after another; {cfg.tokens} greedy tokens a stream; llama-server "
-            f"`{' '.join(LLAMA_SERVER_ARGS)}`; mlxd and mlx_lm.server as started by "
-            f"default; mlx_lm.server up to {MLX_LM_MAX_STREAMS} streams.\n\n")
+            f"`{' '.join(LLAMA_SERVER_ARGS)}`; mlxd "
+            + (f"with `{cfg.mlxd_args}`" if cfg.mlxd_args else "as started by default")
+            + f" and mlx_lm.server as started by default; mlx_lm.server up to "
+            f"{MLX_LM_MAX_STREAMS} streams.\n\n")
     for g in cfg.geometries:
         print(f"{g}:", flush=True)
         figs: dict[str, Figures] = {}
@@ -506,6 +509,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bursts", type=int, default=2)
     parser.add_argument("--report", default="gpu-serving.md")
     parser.add_argument("--llama-build", choices=("cuda", "cpu"), default="cuda")
+    parser.add_argument("--mlxd-args", default="",
+                        help="extra mlxd arguments, e.g. '--max-batch 128'")
     parser.add_argument("--profile", default="",
                         help="stream counts of extra mlxd bursts under py-spy, e.g. 1,32,64")
     cfg = parser.parse_args(argv)

@@ -83,3 +83,26 @@ def test_whisper_on_the_cpu_gets_numpy_ops_everywhere() -> None:
     assert isinstance(_steps(model), NumpyWindowSteps)
     for (k1, v1), (k2, v2) in zip(model.encode(mel), want):
         assert mx.allclose(k1, k2, atol=1e-4).item() and mx.allclose(v1, v2, atol=1e-4).item()
+
+
+def test_chat_on_cuda_gets_the_decode_attention_patch(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The NVIDIA branch's wiring (the kernel itself: test_gpu_decode_attention.py)."""
+    from app.accel import choose
+    from app.accel.gpu import patch as gpu_patch
+
+    calls: list[str] = []
+    monkeypatch.setattr(choose, "on_cpu", lambda: False)
+    monkeypatch.setattr(choose, "on_cuda", lambda: True)
+    def install() -> bool:
+        calls.append("install")
+        return True
+
+    monkeypatch.setattr(gpu_patch.PATCH, "install", install)
+    monkeypatch.setattr(gpu_patch.PATCH, "uninstall", lambda: calls.append("uninstall"))
+    loaded = load_hf(build_tiny_llama(tmp_path / "tiny"))
+    assert accelerate_chat(loaded, Settings()) == "gpu decode attention"
+    assert loaded.decode_step is None and calls == ["install"]
+    calls.clear()
+    assert accelerate_chat(loaded, Settings(gpu_fast_kernels=False)) == "mlx"
+    assert calls == ["uninstall"]
