@@ -63,6 +63,8 @@ def _left_padding_mask(b: int, length: int, s: int) -> mx.array:
     (3, 6, 2, 4, 12, "padding"),       # batched prefill, left-padded rows
     (2, 4, 2, 3, 10, "additive"),
     (1, 6, 2, 520, 1100, "causal"),    # long prefill: numpy softmax in query blocks
+    (1, 6, 2, 512, 512, "causal"),     # a first chunk: blocks skip the keys after them
+    (2, 9, 3, 300, 300, "causal"),     # batched, a last block shorter than the others
     (2, 6, 2, 400, 1400, "padding"),   # the same with a batch mask, 2 blocks
 ])
 def test_attention_matches_mlx_sdpa(b: int, h: int, hkv: int, length: int, s: int,

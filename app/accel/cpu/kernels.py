@@ -62,6 +62,10 @@ MASKED = -1e30
 NUMPY_ATTENTION_MIN_SCORES = 1 << 15
 BLOCK_SCORES = 1 << 22
 NUMPY_SOFTMAX_BLOCK = 1 << 18  # floats per numpy pass block (1 MB)
+# Query rows per block of a causal prefill: smaller blocks skip more of the masked
+# triangle but sync more often (bench/micro_cpu_kernels.py measures the choice).
+CAUSAL_BLOCK_ROWS = 128
+CAUSAL_TABLES = 64  # [rows, keys] tables kept: one per block of a chunk, all layers alike
 
 
 @partial(mx.compile, shapeless=True)
@@ -182,13 +186,14 @@ _causal_cache: dict[tuple[int, int, int], np.ndarray] = {}
 
 def _causal_table(first: int, rows: int, keys: int) -> np.ndarray:
     """[rows, keys]: 0 where query row i (at position first + i) may see key j, else
-    MASKED; the last one is kept (every layer of a prefill chunk asks for the same)."""
+    MASKED; kept, since every layer of a prefill chunk asks for the same ones."""
     key = (first, rows, keys)
     table = _causal_cache.get(key)
     if table is None:
         visible = np.arange(keys)[None, :] <= first + np.arange(rows)[:, None]
         table = np.where(visible, np.float32(0), np.float32(MASKED)).astype(np.float32)
-        _causal_cache.clear()
+        if len(_causal_cache) >= CAUSAL_TABLES:
+            _causal_cache.clear()
         _causal_cache[key] = table
     return table
 
@@ -251,8 +256,11 @@ def attention(queries: mx.array, keys: mx.array, values: mx.array, cache: Any,
         scores = (q.reshape(b, hkv, rep * length, d) @ keys_t).reshape(b, hkv, rep, length, s)
         probs = softmax(_masked(scores, mask, slice(0, length), s, length))
         return (probs.reshape(b, hkv, rep * length, s) @ values).reshape(b, h, length, d)
+    causal = isinstance(mask, str) and mask == "causal"
     rows_per_block = max(1, BLOCK_SCORES // (b * h * s))
-    # every block multiplies by all of K and V: lay them out contiguously once, not per block
+    if causal:
+        rows_per_block = min(rows_per_block, CAUSAL_BLOCK_ROWS)
+    # every block multiplies by K and V: lay them out contiguously once, not per block
     keys_t = mx.contiguous(keys_t)
     values = mx.contiguous(values)
     blocks = []
@@ -260,15 +268,23 @@ def attention(queries: mx.array, keys: mx.array, values: mx.array, cache: Any,
         rows = slice(start, min(start + rows_per_block, length))
         qb = q[:, :, :, rows]
         lb = qb.shape[3]
-        scores = (qb.reshape(b, hkv, rep * lb, d) @ keys_t).reshape(b, hkv, rep, lb, s)
-        if isinstance(mask, str) and mask == "causal":
-            # the mask as one additive [lb, s] table, added inside numpy's threaded pass
+        if causal:
+            # a block's rows see keys up to its last row's position: the keys after it
+            # are never scored (the masked half of a chunk's own square), and the mask
+            # is one additive [lb, width] table added inside numpy's threaded pass
             # (MLX's where() over the scores is one more single-threaded pass and buffer)
             first = s - length + start
-            probs = softmax_numpy_(scores, add=_causal_table(first, lb, s))
+            width = first + lb
+            scores = (qb.reshape(b, hkv, rep * lb, d) @ keys_t[..., :width]).reshape(
+                b, hkv, rep, lb, width)
+            probs = softmax_numpy_(scores, add=_causal_table(first, lb, width))
+            seen = values[:, :, :width]
         else:
+            width = s
+            scores = (qb.reshape(b, hkv, rep * lb, d) @ keys_t).reshape(b, hkv, rep, lb, s)
             probs = softmax_numpy_(_masked(scores, mask, rows, s, length))
-        out = (probs.reshape(b, hkv, rep * lb, s) @ values).reshape(b, hkv, rep, lb, d)
+            seen = values
+        out = (probs.reshape(b, hkv, rep * lb, width) @ seen).reshape(b, hkv, rep, lb, d)
         mx.eval(out)  # this block's scores are freed before the next block's
         blocks.append(out)
     return mx.concatenate(blocks, axis=3).reshape(b, h, length, d)
