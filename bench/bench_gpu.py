@@ -453,7 +453,8 @@ def _p50_p95(fig: Figures, n: int) -> str:
 
 def run(cfg: argparse.Namespace) -> str:
     text = (f"# GPU serving side by side\n\n`python3 bench/bench_gpu.py {' '.join(sys.argv[1:])}`"
-            f"\n\n{environment_note()} · {gpu_name()}\n\nEach server alone on the GPU, one "
+            f"\n\n{environment_note()} · {gpu_name()} · MLX env {mlx_env() or 'defaults'}"
+            f"\n\nEach server alone on the GPU, one "
             f"after another; {cfg.tokens} greedy tokens a stream; llama-server "
             f"`{' '.join(LLAMA_SERVER_ARGS)}`; mlxd "
             + (f"with `{cfg.mlxd_args}`" if cfg.mlxd_args else "as started by default")
@@ -488,6 +489,11 @@ def _save(cfg: argparse.Namespace, text: str) -> None:
     dest = os.environ.get("OUT")  # the GPU machine's folder that comes back
     if dest:
         shutil.copy(path, Path(dest) / path.name)
+
+
+def mlx_env() -> str:
+    """The MLX_* variables every MLX process here inherits (MLX reads them at first use)."""
+    return " ".join(f"{k}={v}" for k, v in sorted(os.environ.items()) if k.startswith("MLX_"))
 
 
 def gpu_name() -> str:
