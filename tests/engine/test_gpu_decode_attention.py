@@ -1,10 +1,12 @@
-"""The GPU wing's decode attention (app/accel/gpu/): the kernel against MLX's own masked
-attention, a batched decode through the patch against mlx-lm's, and the dispatch
-that sends everything else to mlx-lm untouched. Kernel cases run where MLX has CUDA."""
+"""The GPU wing's attention (app/accel/gpu/): the decode kernel against MLX's own masked
+attention, a batched decode through the patch against mlx-lm's, short prefills on plain
+MLX ops against MLX's attention, and the dispatch that sends everything else to mlx-lm
+untouched. Kernel cases run where MLX has CUDA; the rest anywhere."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import mlx.core as mx
 import pytest
@@ -15,6 +17,7 @@ from mlx_lm.models.cache import BatchKVCache, KVCache
 from app.accel.cpu import mlx_lm_patch as cpu_patch
 from app.accel.gpu import decode_attention as kernel
 from app.accel.gpu import patch as gpu_patch
+from app.accel.gpu import prefill_attention as prefill
 from app.models.device import on_cuda
 
 cuda = pytest.mark.skipif(not on_cuda(), reason="the kernel runs on an NVIDIA GPU")
@@ -103,20 +106,55 @@ def test_batched_decode_through_the_patch_is_mlx_lms(gpu_patch_off: None) -> Non
         assert mx.abs(g - w).max().item() <= 0.03 * spread, f"decode step {step}"
 
 
-def test_everything_but_batched_decode_goes_to_mlx_lm() -> None:
-    q = mx.random.normal((1, 4, 5, 64))
+def test_single_sequence_decode_and_long_prefills_go_to_mlx_lm() -> None:
     k = mx.random.normal((1, 2, 5, 64))
     v = mx.random.normal((1, 2, 5, 64))
-    want = base.scaled_dot_product_attention(q, k, v, cache=KVCache(), scale=0.125,
-                                             mask="causal")
-    got = gpu_patch.attention(q, k, v, cache=KVCache(), scale=0.125, mask="causal")
+    q = mx.random.normal((1, 4, 1, 64))
+    want = base.scaled_dot_product_attention(q, k, v, cache=KVCache(), scale=0.125, mask=None)
+    got = gpu_patch.attention(q, k, v, cache=KVCache(), scale=0.125, mask=None)
     assert mx.array_equal(got, want).item()
+    long_q = mx.zeros((1, 32, 4096, 64))
+    assert not prefill.applies(long_q, mx.zeros((1, 8, 4096, 64)))  # cuDNN's to do
+    assert prefill.applies(long_q[:, :, :20], mx.zeros((1, 8, 4096, 64)))
     bf16 = mx.bfloat16
-    assert kernel.supports(q[:, :, :1].astype(bf16), k.astype(bf16))
-    assert not kernel.supports(q.astype(bf16), k.astype(bf16))  # five queries: prefill
-    assert not kernel.supports(q[:, :, :1], k)  # float32
+    assert kernel.supports(q.astype(bf16), k.astype(bf16))
+    assert not kernel.supports(mx.zeros((1, 4, 5, 64), bf16), k.astype(bf16))  # prefill
+    assert not kernel.supports(q, k)  # float32
     assert not kernel.supports(mx.zeros((1, 4, 1, 80), bf16), mx.zeros((1, 2, 5, 80), bf16))
     assert not kernel.supports(mx.zeros((1, 3, 1, 64), bf16), k.astype(bf16))  # 3 over 2 heads
+
+
+def _left_padded_mask(pads: list[int], length: int, keys: int) -> mx.array:
+    """mlx-lm's BatchKVCache mask: causal, and no key before a row's padding ends."""
+    rows = mx.arange(keys - length, keys)[:, None] >= mx.arange(keys)[None]
+    return rows[None, None] & (mx.array(pads)[:, None, None, None] <= mx.arange(keys))
+
+
+@pytest.mark.parametrize("mask", ["causal", "padded", "additive", "square"])
+def test_short_prefill_matches_mlx_attention(mask: str) -> None:
+    """Runs on any device: the ops are MLX's own."""
+    b, h, hkv, length, s = 3, 8, 2, 6, 20
+    mx.random.seed(5)
+    q = mx.random.normal((b, h, length, 64))
+    k = mx.random.normal((b, hkv, s, 64))
+    v = mx.random.normal((b, hkv, s, 64))
+    pads = [0, 4, 15]
+    m: Any = mask
+    if mask == "padded":
+        m = _left_padded_mask(pads, length, s)
+    elif mask == "additive":
+        m = mx.random.normal((b, 1, length, s))
+    elif mask == "square":
+        m = mx.arange(length)[:, None] >= mx.arange(s)[None] - (s - length)
+    want = mx.fast.scaled_dot_product_attention(q, k, v, scale=0.125, mask=m)
+    got = gpu_patch.attention(q, k, v, cache=KVCache(), scale=0.125, mask=m)
+    if mask == "padded":  # rows wholly inside a row's padding are never read: skip them
+        for row, pad in enumerate(pads):
+            first = max(0, pad - (s - length))
+            assert mx.allclose(got[row, :, first:], want[row, :, first:], atol=1e-4).item()
+        assert mx.isfinite(got).all().item()
+    else:
+        assert mx.allclose(got, want, atol=1e-4).item()
 
 
 def test_two_wings_never_hold_one_name() -> None:
