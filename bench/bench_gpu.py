@@ -126,8 +126,45 @@ def gguf_py() -> Path:
     return LLAMA_DIR / "src" / "vendor" / "llama.cpp" / "gguf-py"
 
 
+# `--geometries 8b-q4`: the 8B weights quantized after they are written, for MLX by
+# mlx-lm's converter (affine, groups of 32) and for llama.cpp by its llama-quantize (the
+# block-32 type of the same width), so both servers read 4 (or 8) bits a weight.
+QUANTS = {"q4": (4, "Q4_0"), "q8": (8, "Q8_0")}
+
+
+def split_geometry(geometry: str) -> tuple[str, str | None]:
+    base, _, quant = geometry.partition("-")
+    if quant and quant not in QUANTS:
+        raise SystemExit(f"unknown quantization {quant!r} (have {', '.join(QUANTS)})")
+    return base, quant or None
+
+
+def gguf_for(geometry: str) -> Path:
+    base, quant = split_geometry(geometry)
+    if quant is None:
+        return gguf_file(base)
+    return OUT_DIR / f"random-qwen3-{base}.{QUANTS[quant][1].lower()}.gguf"
+
+
+def quantize_mlx(geometry: str) -> None:
+    base, quant = split_geometry(geometry)
+    assert quant is not None
+    shutil.rmtree(model_dir(geometry), ignore_errors=True)
+    subprocess.run([PYTHON, "-m", "mlx_lm", "convert", "--hf-path", str(model_dir(base)),
+                    "--mlx-path", str(model_dir(geometry)), "-q", "--q-bits",
+                    str(QUANTS[quant][0]), "--q-group-size", "32"], check=True)
+
+
+def quantize_gguf(geometry: str, quantizer: Path) -> None:
+    base, quant = split_geometry(geometry)
+    assert quant is not None
+    subprocess.run([str(quantizer), str(gguf_file(base)), str(gguf_for(geometry)),
+                    QUANTS[quant][1]], check=True, capture_output=True)
+
+
 def prepare(geometries: list[str]) -> None:
-    """Build llama.cpp (CPU cores) while the models are written (GPU, disk)."""
+    """Build llama.cpp (CPU cores) while the models are written (GPU, disk); quantized
+    geometries are made from their base's files (the GGUF once llama.cpp is built)."""
     LLAMA_DIR.mkdir(parents=True, exist_ok=True)
     log = (OUT_DIR / "llama-build.log").open("w")
     env = {**os.environ, "LLAMA_CUDA": "1", "LLAMA_SRC": str(LLAMA_TARBALL)}
@@ -139,12 +176,20 @@ def prepare(geometries: list[str]) -> None:
             raise SystemExit(f"llama.cpp build failed: see {log.name}")
         time.sleep(0.5)
     for g in geometries:
-        write_hf(g)
-        write_gguf(g, gguf_py())
+        base, quant = split_geometry(g)
+        if not (model_dir(base) / "config.json").exists() or not gguf_file(base).exists():
+            write_hf(base)
+            write_gguf(base, gguf_py())
+        if quant:
+            quantize_mlx(g)
         print(f"  {g}: models written after {time.monotonic() - t0:.0f} s", flush=True)
     if build.wait() != 0:
         raise SystemExit(f"llama.cpp build failed: see {log.name}")
     print(f"  llama.cpp built after {time.monotonic() - t0:.0f} s", flush=True)
+    for g in geometries:
+        if split_geometry(g)[1]:
+            quantize_gguf(g, LLAMA_DIR / "build" / "bin" / "llama-quantize")
+            print(f"  {g}: GGUF quantized after {time.monotonic() - t0:.0f} s", flush=True)
 
 
 # -- figures -------------------------------------------------------------------------------
@@ -333,7 +378,7 @@ def server_for(cfg: argparse.Namespace, key: str, geometry: str) -> Iterator[Ser
     hf = model_dir(geometry)
     if key == "llama":
         spec = ServerSpec(f"llama-server-{geometry}", [str(llama_bin(cfg, "llama-server")), "-m",
-                                           str(gguf_file(geometry)), *LLAMA_SERVER_ARGS],
+                                           str(gguf_for(geometry)), *LLAMA_SERVER_ARGS],
                           f"llama-server {' '.join(LLAMA_SERVER_ARGS)}")
     elif key == "mlxd":
         spec = ours_spec(f"mlxd-{geometry}", hf, *shlex.split(cfg.mlxd_args))
@@ -346,7 +391,7 @@ def server_for(cfg: argparse.Namespace, key: str, geometry: str) -> Iterator[Ser
 def engine(cfg: argparse.Namespace, geometry: str, streams: list[int]) -> Figures:
     """llama-batched-bench: the engine alone, generation rate at each batch size."""
     fig = Figures("engine")
-    argv = [str(llama_bin(cfg, "llama-batched-bench")), "-m", str(gguf_file(geometry)),
+    argv = [str(llama_bin(cfg, "llama-batched-bench")), "-m", str(gguf_for(geometry)),
             "-ngl", "99", "-fa", "on", "-c", str(CONTEXT), "-npp", str(PROMPT_TOKENS_BARE),
             "-ntg", str(cfg.tokens), "-npl", ",".join(map(str, streams)),
             "--output-format", "jsonl"]
@@ -437,7 +482,10 @@ def report(geometry: str, figs: dict[str, Figures], cfg: argparse.Namespace,
     notes = "\n".join(f"- {k}: {note}" for k in keys for note in figs[k].notes)
     profiles = "".join(f"### py-spy of mlxd, {text}\n\n" for fig in figs.values()
                        for text in fig.profiles.values())
-    return (f"## {geometry} (random Qwen3 geometry, bf16, 49k vocabulary)\n\n{table}\n\n"
+    quant = split_geometry(geometry)[1]
+    weights = f"{QUANTS[quant][0]}-bit (MLX affine / llama.cpp {QUANTS[quant][1]})" \
+        if quant else "bf16"
+    return (f"## {geometry} (random Qwen3 geometry, {weights}, 49k vocabulary)\n\n{table}\n\n"
             f"Ratios: throughput mlxd over the peer; first token the peer's time over "
             f"mlxd's (> 1: mlxd sooner). Ranges are over the bursts after the first of each "
             f"size ({cfg.bursts - 1 if cfg.bursts > 1 else 1} each).\n\n{p}\n\n{first}\n\n"

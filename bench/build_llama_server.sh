@@ -32,5 +32,5 @@ cmake -S "$OUT/src/vendor/llama.cpp" -B "$OUT/build" -DCMAKE_BUILD_TYPE=Release 
     -DLLAMA_BUILD_SERVER=ON -DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF \
     -DLLAMA_BUILD_EXAMPLES=OFF -DCMAKE_C_FLAGS="$NO_AMX" -DCMAKE_CXX_FLAGS="$NO_AMX" \
     "${CUDA_FLAGS[@]}" >&2
-cmake --build "$OUT/build" -j "$(nproc)" --target llama-server llama-bench llama-batched-bench >&2
+cmake --build "$OUT/build" -j "$(nproc)" --target llama-server llama-bench llama-batched-bench llama-quantize >&2
 echo "$SERVER"
