@@ -162,8 +162,10 @@ def decode_attention(queries: mx.array, keys: mx.array, values: mx.array,
     if scale not in _scales:
         _scales[scale] = mx.array([scale], dtype=mx.float32)
     B, Hq, _, D = queries.shape
+    if start.dtype != mx.int32:
+        start = start.astype(mx.int32)
     return _kernel(
-        inputs=[queries, keys, values, start.astype(mx.int32), _scales[scale]],
+        inputs=[queries, keys, values, start, _scales[scale]],
         template=[("T", queries.dtype), ("D", D), ("W", WARPS)],
         grid=(B * Hq * WARPS * 32, 1, 1),
         threadgroup=(WARPS * 32, 1, 1),
