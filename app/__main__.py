@@ -37,6 +37,8 @@ def parse_args(argv: list[str] | None = None) -> dict[str, object]:
                    const=False, help="use mlx-lm's own attention/SwiGLU on the CPU")
     p.add_argument("--no-gpu-fast-kernels", dest="gpu_fast_kernels", action="store_const",
                    const=False, help="use MLX's own attention for batched decode on a GPU")
+    p.add_argument("--gpu-rows-matmul", dest="gpu_rows_matmul", action="store_const",
+                   const=True, help="few-row matmuls through mlxd's GPU kernel (experimental)")
     p.add_argument("--hf-offline", action="store_const", const=True,
                    help="never contact the Hugging Face Hub")
     p.add_argument("--api-key", dest="api_keys", action="append", metavar="KEY",

@@ -58,6 +58,10 @@ class Settings(BaseSettings):
     """On an NVIDIA GPU, compute with app/accel/gpu/ where it is faster: the attention of
     batched decode steps in one kernel of ours, not MLX's masked fallback (app/accel/choose.py);
     False = MLX's and mlx-lm's own ops."""
+    gpu_rows_matmul: bool = False
+    """With gpu_fast_kernels on an NVIDIA GPU: linear layers multiply at most 8 rows (decode
+    steps of up to 8 streams) through app/accel/gpu/gemv.py's kernel. Off until measured
+    ahead of MLX's matmul (bench/micro_gpu_gemv.py)."""
     cpu_quantized_weights: bool = True
     """With cpu_fast_kernels on an x86 CPU: a GGUF's Q4_0/Q4_1/Q8_0 weights stay quantized
     (decode steps read the packed bytes through app/accel/cpu/quantized.py, prefill

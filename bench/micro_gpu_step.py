@@ -18,6 +18,8 @@ the rate drops names the part to look at:
                   store, MLX's attention
   engine-ours     the same with app/accel/gpu's decode attention
   engine+kv-ours  that with the resident KV store, as the server runs on a GPU
+  engine+kv-ours+gemv  that with few-row matmuls through app/accel/gpu/gemv.py
+                  (--gpu-rows-matmul; batches of up to 8 rows)
 
 Each figure is tokens/s of decode (after the first token), best of --reps; the process's
 MLX_* settings are printed with it (MLX reads them once, at its first GPU use).
@@ -44,6 +46,7 @@ import mlx.core as mx  # noqa: E402
 from bench_gpu_batch import run_ours  # noqa: E402
 from mlx_lm.models.cache import BatchKVCache, make_prompt_cache  # noqa: E402
 
+from app.accel.gpu import linear as gpu_linear  # noqa: E402
 from app.accel.gpu import patch as gpu_patch  # noqa: E402
 
 PROMPT = 32
@@ -125,10 +128,13 @@ def main() -> int:
                 if seen != ref:
                     print(f"  {name} tokens differ from batch-cache's at batch {b}")
             for name, kv in (("engine", False), ("engine-ours", False),
-                             ("engine+kv-ours", True)):
-                with_kernel(name.endswith("ours"))
+                             ("engine+kv-ours", True), ("engine+kv-ours+gemv", True)):
+                with_kernel("ours" in name)
+                if name.endswith("gemv") and mx.cuda.is_available():
+                    gpu_linear.install(model)
                 run = asyncio.run(run_ours(model, loaded.tokenizer, b, PROMPT, cfg.tokens,
                                            kv_cache=kv))
+                gpu_linear.uninstall(model)
                 record(name, b, run.decode_tps)
             with_kernel(False)
     print("\n| step | " + " | ".join(f"batch {b}" for b in batches) + " |")

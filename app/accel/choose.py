@@ -23,6 +23,7 @@ from app.accel.cpu import mlx_lm_patch, quantized, quantized_prefill, whisper_op
 from app.accel.cpu.bert_encoder import NumpyBertEncoder
 from app.accel.cpu.llama_decoder import CpuLlamaDecoder
 from app.accel.cpu.whisper_decoder import NumpyTextDecoder
+from app.accel.gpu import linear as gpu_linear
 from app.accel.gpu import patch as gpu_patch
 from app.models.bert import LoadedEmbeddingModel
 from app.models.device import on_cpu, on_cuda
@@ -58,8 +59,11 @@ def accelerate_chat(loaded: LoadedChatModel, settings: Settings,
         mlx_lm_patch.uninstall()
         quantized_prefill.uninstall(loaded.model)
         loaded.acceleration = MLX_ONLY
+        gpu_linear.uninstall(loaded.model)
         if settings.gpu_fast_kernels and on_cuda() and gpu_patch.PATCH.install():
             loaded.acceleration = "gpu decode attention"
+            if settings.gpu_rows_matmul and gpu_linear.install(loaded.model):
+                loaded.acceleration += ", few-row matmuls"
         else:
             gpu_patch.PATCH.uninstall()
         return loaded.acceleration

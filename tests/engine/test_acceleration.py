@@ -90,6 +90,7 @@ def test_chat_on_cuda_gets_the_decode_attention_patch(tmp_path: Path,
     """The NVIDIA branch's wiring (the kernel itself: test_gpu_decode_attention.py)."""
     from app.accel import choose
     from app.accel.gpu import patch as gpu_patch
+    from app.accel.gpu.linear import RowsLinear
 
     calls: list[str] = []
     monkeypatch.setattr(choose, "on_cpu", lambda: False)
@@ -106,3 +107,8 @@ def test_chat_on_cuda_gets_the_decode_attention_patch(tmp_path: Path,
     calls.clear()
     assert accelerate_chat(loaded, Settings(gpu_fast_kernels=False)) == "mlx"
     assert calls == ["uninstall"]
+    assert accelerate_chat(loaded, Settings(gpu_rows_matmul=True)) == \
+        "gpu decode attention, few-row matmuls"
+    assert isinstance(loaded.model.layers[0].mlp.gate_proj, RowsLinear)
+    accelerate_chat(loaded, Settings())  # off again: MLX's own class back
+    assert not isinstance(loaded.model.layers[0].mlp.gate_proj, RowsLinear)

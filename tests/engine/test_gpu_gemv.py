@@ -1,13 +1,18 @@
-"""The GPU wing's few-row matmul (app/accel/gpu/gemv.py) against MLX's matmul. The kernel
-cases run where MLX has CUDA; the shape checks anywhere."""
+"""The GPU wing's few-row matmul (app/accel/gpu/gemv.py, linear.py) against MLX's matmul.
+The kernel cases run where MLX has CUDA; the shape checks and the module swap anywhere."""
 
 from __future__ import annotations
 
+from collections import Counter
+
 import mlx.core as mx
+import mlx.nn as nn
 import pytest
 
 from app.accel.gpu import gemv
+from app.accel.gpu import linear as gpu_linear
 from app.models.device import on_cuda
+from tests.tiny_model import random_model
 
 
 @pytest.mark.skipif(not on_cuda(), reason="the kernel runs on an NVIDIA GPU")
@@ -32,3 +37,36 @@ def test_supports_only_few_rows_of_matching_half_floats() -> None:
     assert not gemv.supports(mx.zeros((1, 64)), mx.zeros((16, 64)))  # float32
     assert not gemv.supports(mx.zeros((1, 60), bf16), mx.zeros((16, 60), bf16))  # K % 8
     assert not gemv.supports(mx.zeros((1, 64), bf16), mx.zeros((16, 32), bf16))
+
+
+def _linears(model: object) -> Counter[str]:
+    return Counter(type(m).__name__ for _, m in model.named_modules()  # type: ignore[attr-defined]
+                   if isinstance(m, nn.Linear))
+
+
+def test_rows_linear_swaps_in_and_out_sharing_the_arrays() -> None:
+    model = random_model("llama")  # float32: RowsLinear keeps nn.Linear's own matmul
+    tokens = mx.array([[5, 9, 200, 17]])
+    want = model(tokens)
+    plain = _linears(model)["Linear"]
+    weight = model.layers[0].mlp.gate_proj.weight
+    assert gpu_linear.install(model) == plain
+    assert _linears(model) == {"RowsLinear": plain}
+    assert model.layers[0].mlp.gate_proj.weight is weight
+    assert mx.array_equal(model(tokens), want).item()
+    assert gpu_linear.uninstall(model) == plain
+    assert _linears(model) == {"Linear": plain}
+
+
+@pytest.mark.skipif(not on_cuda(), reason="the kernel runs on an NVIDIA GPU")
+def test_rows_linear_decode_logits_match_mlx() -> None:
+    model = random_model("llama")
+    model.set_dtype(mx.bfloat16)
+    tokens = mx.array([[5, 9, 200, 17], [3, 3, 8, 100]])
+    want = model(tokens).astype(mx.float32)
+    gpu_linear.install(model)
+    try:
+        got = model(tokens).astype(mx.float32)  # 8 rows: every linear through the kernel
+    finally:
+        gpu_linear.uninstall(model)
+    assert mx.abs(got - want).max().item() <= 0.03 * mx.abs(want).max().item()

@@ -22,10 +22,10 @@ from typing import Any
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
-from mlx.utils import tree_unflatten
 
 from app.accel.cpu import quantized
 from app.accel.cpu.quantized import QuantizedWeight
+from app.accel.module_swap import swap_modules
 
 # From this many rows on, dequantize + sgemm beats MLX's quantized kernel here
 MIN_ROWS = 16
@@ -116,18 +116,7 @@ SWAPS: dict[type[nn.Module], type[nn.Module]] = {nn.QuantizedLinear: Dequantizin
 
 
 def _swap(model: nn.Module, table: dict[type[nn.Module], type[nn.Module]]) -> int:
-    swapped = []
-    for path, module in model.named_modules():
-        target = table.get(type(module))
-        if target is None or getattr(module, "mode", "affine") != "affine":
-            continue
-        clone = target.__new__(target)
-        clone.__dict__.update(module.__dict__)  # its settings (bits, group size, mode)
-        dict.update(clone, module)  # its parameter arrays (an MLX module is a dict of them)
-        swapped.append((path, clone))
-    if swapped:
-        model.update_modules(tree_unflatten(swapped))
-    return len(swapped)
+    return swap_modules(model, table, lambda m: getattr(m, "mode", "affine") == "affine")
 
 
 def install(model: nn.Module) -> int:
