@@ -382,6 +382,9 @@ def server_for(cfg: argparse.Namespace, key: str, geometry: str) -> Iterator[Ser
                           f"llama-server {' '.join(LLAMA_SERVER_ARGS)}")
     elif key == "mlxd":
         spec = ours_spec(f"mlxd-{geometry}", hf, *shlex.split(cfg.mlxd_args))
+        if cfg.mlxd_switch_interval:
+            spec.argv[1:3] = [str(BENCH_DIR / "mlxd_switch_interval.py"),
+                              str(cfg.mlxd_switch_interval)]
     else:
         spec = peer_spec(f"mlx_lm-{geometry}", hf, openblas=False)
     with running(spec) as srv:
@@ -506,6 +509,8 @@ def run(cfg: argparse.Namespace) -> str:
             f"after another; {cfg.tokens} greedy tokens a stream; llama-server "
             f"`{' '.join(LLAMA_SERVER_ARGS)}`; mlxd "
             + (f"with `{cfg.mlxd_args}`" if cfg.mlxd_args else "as started by default")
+            + (f", GIL switch interval {cfg.mlxd_switch_interval} s"
+               if cfg.mlxd_switch_interval else "")
             + f" and mlx_lm.server as started by default; mlx_lm.server up to "
             f"{MLX_LM_MAX_STREAMS} streams.\n\n")
     for g in cfg.geometries:
@@ -565,6 +570,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--llama-build", choices=("cuda", "cpu"), default="cuda")
     parser.add_argument("--mlxd-args", default="",
                         help="extra mlxd arguments, e.g. '--max-batch 128'")
+    parser.add_argument("--mlxd-switch-interval", type=float, default=None,
+                        help="run mlxd with this GIL switch interval (s; Python's: 0.005)")
     parser.add_argument("--profile", default="",
                         help="stream counts of extra mlxd bursts under py-spy, e.g. 1,32,64")
     cfg = parser.parse_args(argv)
