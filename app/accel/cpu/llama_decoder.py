@@ -84,7 +84,8 @@ class CpuLlamaDecoder:
         self.norm = _f32(body.norm.weight)
         self.layers = [self._layer(block) for block in body.layers]
         self.head = self._stacked([embed if args.tie_word_embeddings else model.lm_head])
-        self._native = native.library()  # its attention kernel, else numpy's
+        # its attention and elementwise kernels (decode.c), else numpy's
+        self._native = native.library()
         self._threads = self._native.qmatmul_threads(quantized.workers()) \
             if self._native is not None else 1
 
@@ -160,16 +161,32 @@ class CpuLlamaDecoder:
              else self.embedding[tokens])
         for layer, cache in zip(self.layers, caches, strict=True):
             keys, values = _buffers(cache)
-            x = x + self._attention(layer, _rms_norm(x, layer.attn_norm, self.eps),
-                                    keys, values, end, cos, sin, valid_from, mask)
-            gate_up = layer.gate_up(_rms_norm(x, layer.mlp_norm, self.eps))
-            half = gate_up.shape[-1] // 2
-            x = x + layer.down(_silu(gate_up[:, :half]) * gate_up[:, half:])
+            x = x + self._attention(layer, self._norm(x, layer.attn_norm), keys, values,
+                                    end, cos, sin, valid_from, mask)
+            x = x + layer.down(self._swiglu(layer.gate_up(self._norm(x, layer.mlp_norm))))
         next_offset = mx.array(offset + 1)  # one evaluated array, not a growing lazy chain
         for c in caches:
             c._idx = end
             c.offset = next_offset
-        return self.head(_rms_norm(x, self.norm, self.eps)).reshape(b, -1)
+        return self.head(self._norm(x, self.norm)).reshape(b, -1)
+
+    def _norm(self, x: np.ndarray, weight: np.ndarray) -> np.ndarray:
+        if self._native is None:
+            return _rms_norm(x, weight, self.eps)
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        out = np.empty_like(x)
+        self._native.rms_norm(x.ctypes.data, x.shape[0], x.shape[1], weight.ctypes.data,
+                              self.eps, out.ctypes.data)
+        return out
+
+    def _swiglu(self, gate_up: np.ndarray) -> np.ndarray:
+        half = gate_up.shape[-1] // 2
+        if self._native is None:
+            return _silu(gate_up[:, :half]) * gate_up[:, half:]
+        gate_up = np.ascontiguousarray(gate_up, dtype=np.float32)
+        out = np.empty((gate_up.shape[0], half), np.float32)
+        self._native.swiglu(gate_up.ctypes.data, gate_up.shape[0], half, out.ctypes.data)
+        return out
 
     def _attention(self, layer: _Layer, x: np.ndarray, keys: np.ndarray, values: np.ndarray,
                    end: int, cos: np.ndarray, sin: np.ndarray, valid_from: np.ndarray,
@@ -177,6 +194,15 @@ class CpuLlamaDecoder:
         b = x.shape[0]
         h, hkv, d = self.heads, self.kv_heads, self.head_dim
         qkv = layer.qkv(x)
+        lib = self._native
+        if lib is not None and layer.head_norms is None:  # rotate and store in one C pass
+            assert keys.flags.c_contiguous and values.flags.c_contiguous
+            qkv = np.ascontiguousarray(qkv, dtype=np.float32)
+            q = np.empty((b, h, d), np.float32)
+            lib.rope_store(qkv.ctypes.data, b, h, hkv, d, cos.ctypes.data,
+                           sin.ctypes.data, q.ctypes.data, keys.ctypes.data, values.ctypes.data,
+                           keys.shape[2], end - 1)
+            return layer.out(self._attend(q, keys, values, end, valid_from).reshape(b, h * d))
         qk = qkv[:, : (h + hkv) * d].reshape(b, h + hkv, d)
         if layer.head_norms is not None:
             q_w, k_w, eps = layer.head_norms

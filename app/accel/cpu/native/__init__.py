@@ -124,3 +124,10 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.attend_mt.argtypes = [f32, i, i, i, i, f32, f32, ctypes.c_int64, i32, i,
                               ctypes.c_float, f32, f32, i]
     lib.attend_mt.restype = i
+    ptr = ctypes.c_void_p  # the decoder's elementwise steps: ndarray.ctypes.data
+    lib.rms_norm.argtypes = [ptr, i, i, ptr, ctypes.c_float, ptr]
+    lib.rms_norm.restype = None
+    lib.swiglu.argtypes = [ptr, i, i, ptr]
+    lib.swiglu.restype = None
+    lib.rope_store.argtypes = [ptr, i, i, i, i, ptr, ptr, ptr, ptr, ptr, ctypes.c_int64, i]
+    lib.rope_store.restype = None

@@ -9,6 +9,7 @@
  */
 #include <math.h>
 #include <stdint.h>
+#include <string.h>
 
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
@@ -45,10 +46,10 @@ static inline float dot(const float *a, const float *b, int d) {
 }
 
 #if defined(__AVX2__) && defined(__FMA__)
-/* exp(x) for x <= 0, 8 at a time: 2^n * e^r with |r| <= ln2/2 and a degree-6 polynomial
- * (a couple of float32 ulps; libm's expf one at a time was most of this kernel's time). */
-static inline __m256 exp_neg(__m256 x) {
-    x = _mm256_max_ps(x, _mm256_set1_ps(-87.0f));  /* below: 0 after the scale anyway */
+/* exp(x), 8 at a time: 2^n * e^r with |r| <= ln2/2 and a degree-6 polynomial (a couple
+ * of float32 ulps); x clamped to [-87, 88], where float32's exponent ends. */
+static inline __m256 exp_ps(__m256 x) {
+    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.0f)), _mm256_set1_ps(88.0f));
     const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504f)),
                                      _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
@@ -74,7 +75,7 @@ static float exp_shifted(float *p, int first, int end, float top) {
     __m256 acc = _mm256_setzero_ps();
     const __m256 t = _mm256_set1_ps(top);
     for (; s + 8 <= end; s += 8) {
-        const __m256 e = exp_neg(_mm256_sub_ps(_mm256_loadu_ps(p + s), t));
+        const __m256 e = exp_ps(_mm256_sub_ps(_mm256_loadu_ps(p + s), t));
         _mm256_storeu_ps(p + s, e);
         acc = _mm256_add_ps(acc, e);
     }
@@ -171,4 +172,59 @@ int attend_mt(const float *q, int B, int H, int Hkv, int d, const float *keys,
     const attend_t t = {q, H, Hkv, d, keys, values, cap, start, end, scale, out, scratch};
     parallel_for(attend_heads, &t, B * H, 1, threads);
     return 0;
+}
+
+/* out = x / sqrt(mean(x^2) + eps) * w, row by row: x, out [rows, n]. */
+void rms_norm(const float *x, int rows, int n, const float *w, float eps, float *out) {
+    for (int r = 0; r < rows; r++) {
+        const float *xr = x + (int64_t)r * n;
+        float *o = out + (int64_t)r * n;
+        const float inv = 1.0f / sqrtf(dot(xr, xr, n) / (float)n + eps);
+        for (int j = 0; j < n; j++) o[j] = xr[j] * inv * w[j];
+    }
+}
+
+/* out[r, j] = silu(gu[r, j]) * gu[r, I + j] for gu [rows, 2I] (gate | up), out [rows, I]. */
+void swiglu(const float *gu, int rows, int I, float *out) {
+    for (int r = 0; r < rows; r++) {
+        const float *g = gu + (int64_t)r * 2 * I, *u = g + I;
+        float *o = out + (int64_t)r * I;
+        int j = 0;
+#if defined(__AVX2__) && defined(__FMA__)
+        const __m256 one = _mm256_set1_ps(1.0f);
+        for (; j + 8 <= I; j += 8) {
+            const __m256 gj = _mm256_loadu_ps(g + j);
+            const __m256 e = exp_ps(_mm256_sub_ps(_mm256_setzero_ps(), gj));
+            _mm256_storeu_ps(o + j, _mm256_mul_ps(_mm256_div_ps(gj, _mm256_add_ps(one, e)),
+                                                  _mm256_loadu_ps(u + j)));
+        }
+#endif
+        for (; j < I; j++) o[j] = g[j] / (1.0f + expf(-g[j])) * u[j];
+    }
+}
+
+/* The q | k | v output of a row's projection rotated (RoPE, half-split pairs, as mlx's
+ * RoPE with traditional=False) and put in place: q heads into q [B, H, d], the k head and
+ * the v head into position `pos` of keys / values [B, Hkv, cap, d]. qkv [B, (H+2Hkv)d];
+ * cos, sin [B, d/2]. */
+void rope_store(const float *qkv, int B, int H, int Hkv, int d, const float *cos,
+                const float *sin, float *q, float *keys, float *values, int64_t cap, int pos) {
+    const int half = d / 2;
+    for (int b = 0; b < B; b++) {
+        const float *row = qkv + (int64_t)b * (H + 2 * Hkv) * d;
+        const float *c = cos + (int64_t)b * half, *s = sin + (int64_t)b * half;
+        for (int h = 0; h < H + Hkv; h++) {
+            const float *x = row + (int64_t)h * d;
+            float *o = h < H ? q + ((int64_t)b * H + h) * d
+                             : keys + (((int64_t)b * Hkv + h - H) * cap + pos) * d;
+            for (int j = 0; j < half; j++) {
+                const float x1 = x[j], x2 = x[half + j];
+                o[j] = x1 * c[j] - x2 * s[j];
+                o[half + j] = x2 * c[j] + x1 * s[j];
+            }
+        }
+        for (int h = 0; h < Hkv; h++)
+            memcpy(values + (((int64_t)b * Hkv + h) * cap + pos) * d,
+                   row + (int64_t)(H + Hkv + h) * d, sizeof(float) * d);
+    }
 }

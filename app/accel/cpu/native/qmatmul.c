@@ -364,7 +364,8 @@ int qmatmul_i8(const int8_t *xq, const float *dx, const float *xg, int rows, int
 /* ---- the same split over threads ---------------------------------------------------
  * A decode step makes ~150 matmul calls of 0.1-1 ms each: handing each to Python threads
  * costs about as much as it saves. These workers live for the process and spin briefly
- * (SPIN_CYCLES, as the OPENBLAS_THREAD_TIMEOUT mlxd sets) before sleeping on a condition
+ * (SPIN_CYCLES: longer than the numpy work between two calls of a step, which at 8 rows
+ * outlasted a shorter spin and paid a wake-up per call) before sleeping on a condition
  * variable, so back-to-back calls of one step cost no wake-up and an idle server no CPU.
  * A call is cut into small chunks of columns that the caller and the workers claim one at
  * a time: when another process holds a worker's core, the caller does its share instead
@@ -378,7 +379,7 @@ int qmatmul_i8(const int8_t *xq, const float *dx, const float *xg, int rows, int
 #include "pool.h"
 
 #define MAX_THREADS 16
-#define SPIN_CYCLES (1ull << 18)
+#define SPIN_CYCLES (1ull << 21)
 #define CHUNKS_PER_THREAD 4
 #define MIN_CHUNK_COLUMNS 16
 
