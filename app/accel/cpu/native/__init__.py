@@ -131,3 +131,5 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.swiglu.restype = None
     lib.rope_store.argtypes = [ptr, i, i, i, i, ptr, ptr, ptr, ptr, ptr, ctypes.c_int64, i]
     lib.rope_store.restype = None
+    lib.qmatmul_parts.argtypes = [ptr, i, i, i, ptr, ptr, ptr, ptr, i, i, ptr, i]
+    lib.qmatmul_parts.restype = i

@@ -389,6 +389,8 @@ typedef struct {
     const int8_t *xq; const float *dx, *xg;  /* set: the int8 kernel */
     float *dequantized;  /* set: dequantize_rows into it */
     void (*task)(const void *, int, int); const void *ctx;  /* set: parallel_for's */
+    int parts; const uint32_t *const *ws; const float *const *ss, *const *bs;
+    const int *starts;  /* parts > 0: qmatmul_parts' weights side by side */
 } job_t;
 
 static job_t job;
@@ -414,6 +416,16 @@ static inline void relax(void) {
 #endif
 }
 
+/* Columns [a, b) of the job's weights side by side: each part's share of them. */
+static void parts_range(int a, int b) {
+    for (int p = 0; p < job.parts; p++) {
+        const int lo = job.starts[p], hi = job.starts[p + 1];
+        if (hi <= a || lo >= b) continue;
+        qmatmul(job.x, job.rows, job.K, job.ws[p], job.ss[p], job.bs[p], job.G, job.bits,
+                job.y + lo, job.ldy, (a > lo ? a : lo) - lo, (b < hi ? b : hi) - lo);
+    }
+}
+
 /* Claim and run chunks of call `call` until none is left. */
 static void work(unsigned call) {
     for (;;) {
@@ -428,6 +440,8 @@ static void work(unsigned call) {
         const int b = a + job.chunk < job.n1 ? a + job.chunk : job.n1;
         if (job.task)
             job.task(job.ctx, a, b);
+        else if (job.parts)
+            parts_range(a, b);
         else if (job.dequantized)
             dequantize_rows(job.w, job.scales, job.biases, job.K, job.G, job.bits,
                             job.dequantized, a, b);
@@ -497,7 +511,7 @@ static void set_job(const float *x, const int8_t *xq, const float *dx, const flo
                     float *dequantized, int rows, int K, const uint32_t *w,
                     const float *scales, const float *biases, int G, int bits, float *y,
                     int ldy, int n0, int n1) {
-    job.task = NULL; job.ctx = NULL;
+    job.task = NULL; job.ctx = NULL; job.parts = 0;
     job.x = x; job.xq = xq; job.dx = dx; job.xg = xg; job.dequantized = dequantized;
     job.rows = rows; job.K = K; job.w = w; job.scales = scales; job.biases = biases;
     job.G = G; job.bits = bits; job.y = y; job.ldy = ldy; job.n0 = n0; job.n1 = n1;
@@ -557,4 +571,24 @@ void parallel_for(void (*task)(const void *, int, int), const void *ctx, int n, 
     job.task = task;
     job.ctx = ctx;
     share(threads, min_chunk);
+}
+
+/* y [rows, starts[parts]] = x times several weights of one input size and format, their
+ * outputs side by side (q | k | v, gate | up): part p fills columns [starts[p],
+ * starts[p + 1]), starts[0] = 0. One call and one hand-off to the workers for all of
+ * them (a call per part paid its own). */
+int qmatmul_parts(const float *x, int rows, int K, int parts, const uint32_t *const *ws,
+                  const float *const *ss, const float *const *bs, const int *starts, int G,
+                  int bits, float *y, int threads) {
+    const int N = starts[parts];
+    if (!checked(K, G, bits, 0, N, N)) return -1;
+    if (threads > n_workers + 1) threads = n_workers + 1;
+    set_job(x, NULL, NULL, NULL, NULL, rows, K, NULL, NULL, NULL, G, bits, y, N, 0, N);
+    job.parts = parts; job.ws = ws; job.ss = ss; job.bs = bs; job.starts = starts;
+    if (threads <= 1 || N <= 2 * MIN_CHUNK_COLUMNS) {
+        parts_range(0, N);
+        return 0;
+    }
+    share(threads, MIN_CHUNK_COLUMNS);
+    return 0;
 }
