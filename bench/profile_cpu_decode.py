@@ -40,7 +40,9 @@ from app.settings import Settings  # noqa: E402
 
 BATCHES = (1, 8)
 CONTEXT = 200  # cached tokens per row, as micro_cpu_quantized.py
+# numpy's elementwise steps (the path without the C kernels) and the decoder's C ones
 ELEMENTWISE = ("_rms_norm", "_rope", "_silu", "softmax_np_")
+METHODS = {"_norm": "RMSNorm", "_swiglu": "SwiGLU", "_attend": "attention kernel"}
 
 
 class Timers:
@@ -83,6 +85,9 @@ def _instrument(dec: Any, timers: Timers) -> Callable[[], None]:
         orig = getattr(llama_decoder, name)
         setattr(llama_decoder, name, timers.wrap(name.strip("_"), orig))
         undo.append(lambda n=name, o=orig: setattr(llama_decoder, n, o))
+    for name, label in METHODS.items():
+        setattr(dec, name, timers.wrap(label, getattr(dec, name)))
+        undo.append(lambda n=name: delattr(dec, n))
     roles = ("qkv", "out", "gate_up", "down")
     for layer in dec.layers:
         for role in roles:
@@ -107,10 +112,10 @@ def _matmul_rows(dec: Any, b: int, n: int) -> list[str]:
         x = np.random.default_rng(0).standard_normal((b, m.n_in)).astype(np.float32)
         nbytes = sum(w.packed.nbytes + w.scales.nbytes + w.biases.nbytes for w in m.weights)
         t_mt = _median_ms(lambda m=m, x=x: m(x), n)
-        parts = m.parts
-        m.parts = [(w, c, 1, p) for w, c, _, p in parts]
+        parts, split = m.parts, m._split
+        m.parts, m._split = [(w, c, 1, p) for w, c, _, p in parts], 1
         t_1 = _median_ms(lambda m=m, x=x: m(x), n)
-        m.parts = parts
+        m.parts, m._split = parts, split
         rows.append(f"| {role} | {m.n_out}x{m.n_in} {m.bits}-bit | {nbytes / 2**20:.2f} | "
                     f"{t_mt * 1e3:.0f} | {t_1 * 1e3:.0f} | "
                     f"{nbytes / (t_mt * 1e-3) / 1e9:.1f} |")
@@ -128,10 +133,10 @@ def profile(model: Any, dec: Any, b: int, steps: int) -> list[str]:
     wrapped = (time.perf_counter() - t0) / steps * 1e3
     undo()
     per = {k: v / steps * 1e3 for k, v in timers.total.items()}
-    inner = sum(v for k, v in per.items() if k.startswith("matmul") and k in
-                ("matmul qkv", "matmul out")) + per.get("rope", 0) + per.get("softmax_np", 0)
+    inner = sum(per.get(k, 0) for k in ("matmul qkv", "matmul out", "rope", "softmax_np",
+                                         "attention kernel"))
     # _rms_norm of qwen3's heads would sit inside attention too; llama has none
-    per["attention core (scores, values, mask, cache writes)"] = \
+    per["attention, the rest (numpy: scores, values, mask; C: RoPE + K/V store, Python)"] = \
         per.pop("attention (all)") - inner
     listed = sum(per.values())
     lines = [f"### batch {b}", "",

@@ -146,6 +146,15 @@ class CpuLlamaDecoder:
 
     def step(self, tokens: np.ndarray, caches: list[BatchKVCache]) -> np.ndarray:
         """Logits [B, V] for one new token per row, tokens [B]; extends every cache."""
+        if self._native is None:
+            return self._step(tokens, caches)
+        self._native.qmatmul_step(1)  # the kernel threads spin through the whole step
+        try:
+            return self._step(tokens, caches)
+        finally:
+            self._native.qmatmul_step(0)
+
+    def _step(self, tokens: np.ndarray, caches: list[BatchKVCache]) -> np.ndarray:
         b = tokens.shape[0]
         first = caches[0]
         offset = np.asarray(first.offset)  # per row: position of the new token

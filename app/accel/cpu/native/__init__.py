@@ -133,3 +133,5 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.rope_store.restype = None
     lib.qmatmul_parts.argtypes = [ptr, i, i, i, ptr, ptr, ptr, ptr, i, i, ptr, i]
     lib.qmatmul_parts.restype = i
+    lib.qmatmul_step.argtypes = [i]
+    lib.qmatmul_step.restype = None

@@ -364,8 +364,10 @@ int qmatmul_i8(const int8_t *xq, const float *dx, const float *xg, int rows, int
 /* ---- the same split over threads ---------------------------------------------------
  * A decode step makes ~150 matmul calls of 0.1-1 ms each: handing each to Python threads
  * costs about as much as it saves. These workers live for the process and spin briefly
- * (SPIN_CYCLES: longer than the numpy work between two calls of a step, which at 8 rows
- * outlasted a shorter spin and paid a wake-up per call) before sleeping on a condition
+ * (SPIN_CYCLES, as the OPENBLAS_THREAD_TIMEOUT mlxd sets; STEP_SPIN_CYCLES inside a decode
+ * step, between qmatmul_step(1) and (0): longer than the numpy work between two calls,
+ * which at 8 rows outlasted the short spin and paid a wake-up per call; outside a step the
+ * long spin held a core that a prefill's sgemm wanted) before sleeping on a condition
  * variable, so back-to-back calls of one step cost no wake-up and an idle server no CPU.
  * A call is cut into small chunks of columns that the caller and the workers claim one at
  * a time: when another process holds a worker's core, the caller does its share instead
@@ -379,7 +381,8 @@ int qmatmul_i8(const int8_t *xq, const float *dx, const float *xg, int rows, int
 #include "pool.h"
 
 #define MAX_THREADS 16
-#define SPIN_CYCLES (1ull << 21)
+#define SPIN_CYCLES (1ull << 18)
+#define STEP_SPIN_CYCLES (1ull << 21)
 #define CHUNKS_PER_THREAD 4
 #define MIN_CHUNK_COLUMNS 16
 
@@ -395,6 +398,7 @@ typedef struct {
 
 static job_t job;
 static _Atomic unsigned long long ticket;
+static atomic_int in_step;  /* qmatmul_step */
 static atomic_int done;
 static int n_workers;  /* started */
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
@@ -459,7 +463,9 @@ static void *worker(void *arg) {
     (void)arg;
     unsigned seen = (unsigned)(atomic_load(&ticket) >> 32);
     for (;;) {
-        const unsigned long long until = cycles() + SPIN_CYCLES;
+        const unsigned long long until =
+            cycles() + (atomic_load_explicit(&in_step, memory_order_relaxed) ? STEP_SPIN_CYCLES
+                                                                                 : SPIN_CYCLES);
         unsigned call;
         while ((call = (unsigned)(atomic_load_explicit(&ticket, memory_order_acquire) >> 32))
                == seen && cycles() < until)
@@ -475,6 +481,10 @@ static void *worker(void *arg) {
     }
     return NULL;
 }
+
+/* on = 1: a decode step begins (its calls come back to back: spin longer between them);
+ * 0: it ended. */
+void qmatmul_step(int on) { atomic_store_explicit(&in_step, on, memory_order_relaxed); }
 
 /* Start workers so that `threads` (the caller included) can share a call; returns how
  * many can (1 if no thread could be started). One caller thread only. */
