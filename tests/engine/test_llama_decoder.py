@@ -123,3 +123,42 @@ def test_no_panel_copy_without_the_memory_for_it(model: Any) -> None:
     assert (CpuLlamaDecoder.build(model, available=2 * weights) is None) != quantized
     assert CpuLlamaDecoder.build(model, available=8 * weights) is not None
 
+
+
+def test_numpy_attention_where_the_kernels_are_missing(model: Any) -> None:
+    """The C attention (native/decode.c) and numpy's, on the same steps."""
+    with_c, plain = CpuLlamaDecoder.build(model), CpuLlamaDecoder.build(model)
+    assert with_c is not None and plain is not None and with_c._native is not None
+    plain._native = None
+    prompts = [_prompt(3, 40), _prompt(4, 9)]
+    a, b = _batch(model, prompts), _batch(model, prompts)
+    tokens = np.array([5, 6])
+    for _ in range(4):
+        got, want = with_c.step(tokens, a), plain.step(tokens, b)
+        _assert_close(got, want)
+        tokens = want.argmax(-1)
+
+
+@pytest.mark.parametrize("head_dim", [40, 64, 96])
+def test_attention_kernel_against_numpy(head_dim: int) -> None:
+    """Left padding skipped, grouped heads, head sizes off the vector width."""
+    from app.accel.cpu import native
+    if native.library() is None:
+        pytest.skip("no C compiler here")
+    rng = np.random.default_rng(head_dim)
+    b, h, hkv, cap, end = 3, 6, 2, 64, 37
+    keys, values = (rng.standard_normal((b, hkv, cap, head_dim)).astype(np.float32)
+                    for _ in range(2))
+    q = rng.standard_normal((b, h, head_dim)).astype(np.float32)
+    start = np.array([0, 5, 36], np.int32)
+    dec = object.__new__(CpuLlamaDecoder)
+    dec._native, dec._threads = native.library(), 2
+    dec.kv_heads, dec.scale = hkv, np.float32(head_dim ** -0.5)
+    got = dec._attend(q, keys, values, end, start)
+    for row in range(b):
+        for head in range(h):
+            k = keys[row, head // (h // hkv), start[row]:end]
+            s = k @ q[row, head] * dec.scale
+            p = np.exp(s - s.max())
+            want = (p / p.sum()) @ values[row, head // (h // hkv), start[row]:end]
+            np.testing.assert_allclose(got[row, head], want, rtol=0, atol=1e-5)

@@ -21,6 +21,7 @@ a quarter of the memory available; a bigger model decodes through MLX.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -31,7 +32,7 @@ import numpy as np
 from mlx_lm.models.cache import BatchKVCache
 from mlx_lm.models.rope_utils import Llama3RoPE
 
-from app.accel.cpu import quantized
+from app.accel.cpu import native, quantized
 from app.accel.cpu.kernels import softmax_np_
 from app.accel.cpu.panels import PanelMatmul
 from app.accel.cpu.quantized import QuantizedMatmul, QuantizedWeight
@@ -83,6 +84,10 @@ class CpuLlamaDecoder:
         self.norm = _f32(body.norm.weight)
         self.layers = [self._layer(block) for block in body.layers]
         self.head = self._stacked([embed if args.tie_word_embeddings else model.lm_head])
+        # its attention and elementwise kernels (decode.c), else numpy's
+        self._native = native.library()
+        self._threads = self._native.qmatmul_threads(quantized.workers()) \
+            if self._native is not None else 1
 
     @staticmethod
     def build(model: Any, available: int | None = None, int8: bool = False
@@ -141,36 +146,72 @@ class CpuLlamaDecoder:
 
     def step(self, tokens: np.ndarray, caches: list[BatchKVCache]) -> np.ndarray:
         """Logits [B, V] for one new token per row, tokens [B]; extends every cache."""
+        if self._native is None:
+            return self._step(tokens, caches)
+        self._native.qmatmul_step(1)  # the kernel threads spin through the whole step
+        try:
+            return self._step(tokens, caches)
+        finally:
+            self._native.qmatmul_step(0)
+
+    def _step(self, tokens: np.ndarray, caches: list[BatchKVCache]) -> np.ndarray:
         b = tokens.shape[0]
         first = caches[0]
         offset = np.asarray(first.offset)  # per row: position of the new token
         positions = offset.astype(np.float32) * self.rope_scale
-        valid_from = np.asarray(first.left_padding)  # row b's keys start here
+        # left padding: row b's keys before valid_from[b] are not attended to
+        valid_from = np.ascontiguousarray(first.left_padding, dtype=np.int32)
         end = first._idx + 1
         cos, sin = self._rope_tables(positions)
-        # left padding: row b's keys before valid_from[b] are not attended to
-        mask = np.where(np.arange(end)[None, :] < valid_from[:, None], MASKED, np.float32(0))
-        mask = mask[:, None, None, :]  # [B, 1, 1, end]
+        mask = None if self._native is not None else np.where(
+            np.arange(end)[None, :] < valid_from[:, None], MASKED, np.float32(0)
+        )[:, None, None, :]  # [B, 1, 1, end]
         x = (self.embedding.rows(tokens) if isinstance(self.embedding, QuantizedWeight)
              else self.embedding[tokens])
         for layer, cache in zip(self.layers, caches, strict=True):
             keys, values = _buffers(cache)
-            x = x + self._attention(layer, _rms_norm(x, layer.attn_norm, self.eps),
-                                    keys, values, end, cos, sin, mask)
-            gate_up = layer.gate_up(_rms_norm(x, layer.mlp_norm, self.eps))
-            half = gate_up.shape[-1] // 2
-            x = x + layer.down(_silu(gate_up[:, :half]) * gate_up[:, half:])
+            x = x + self._attention(layer, self._norm(x, layer.attn_norm), keys, values,
+                                    end, cos, sin, valid_from, mask)
+            x = x + layer.down(self._swiglu(layer.gate_up(self._norm(x, layer.mlp_norm))))
         next_offset = mx.array(offset + 1)  # one evaluated array, not a growing lazy chain
         for c in caches:
             c._idx = end
             c.offset = next_offset
-        return self.head(_rms_norm(x, self.norm, self.eps)).reshape(b, -1)
+        return self.head(self._norm(x, self.norm)).reshape(b, -1)
+
+    def _norm(self, x: np.ndarray, weight: np.ndarray) -> np.ndarray:
+        if self._native is None:
+            return _rms_norm(x, weight, self.eps)
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        out = np.empty_like(x)
+        self._native.rms_norm(x.ctypes.data, x.shape[0], x.shape[1], weight.ctypes.data,
+                              self.eps, out.ctypes.data)
+        return out
+
+    def _swiglu(self, gate_up: np.ndarray) -> np.ndarray:
+        half = gate_up.shape[-1] // 2
+        if self._native is None:
+            return _silu(gate_up[:, :half]) * gate_up[:, half:]
+        gate_up = np.ascontiguousarray(gate_up, dtype=np.float32)
+        out = np.empty((gate_up.shape[0], half), np.float32)
+        self._native.swiglu(gate_up.ctypes.data, gate_up.shape[0], half, out.ctypes.data)
+        return out
 
     def _attention(self, layer: _Layer, x: np.ndarray, keys: np.ndarray, values: np.ndarray,
-                   end: int, cos: np.ndarray, sin: np.ndarray, mask: np.ndarray) -> np.ndarray:
+                   end: int, cos: np.ndarray, sin: np.ndarray, valid_from: np.ndarray,
+                   mask: np.ndarray | None) -> np.ndarray:
         b = x.shape[0]
         h, hkv, d = self.heads, self.kv_heads, self.head_dim
         qkv = layer.qkv(x)
+        lib = self._native
+        if lib is not None and layer.head_norms is None:  # rotate and store in one C pass
+            assert keys.flags.c_contiguous and values.flags.c_contiguous
+            qkv = np.ascontiguousarray(qkv, dtype=np.float32)
+            q = np.empty((b, h, d), np.float32)
+            lib.rope_store(qkv.ctypes.data, b, h, hkv, d, cos.ctypes.data,
+                           sin.ctypes.data, q.ctypes.data, keys.ctypes.data, values.ctypes.data,
+                           keys.shape[2], end - 1)
+            return layer.out(self._attend(q, keys, values, end, valid_from).reshape(b, h * d))
         qk = qkv[:, : (h + hkv) * d].reshape(b, h + hkv, d)
         if layer.head_norms is not None:
             q_w, k_w, eps = layer.head_norms
@@ -179,16 +220,43 @@ class CpuLlamaDecoder:
         qk = _rope(qk, cos, sin)
         keys[:, :, end - 1] = qk[:, h:]
         values[:, :, end - 1] = qkv[:, (h + hkv) * d :].reshape(b, hkv, d)
-        # grouped queries: the rep query heads of a kv head are rows of one matmul
-        q = qk[:, :h].reshape(b, hkv, h // hkv, d) * self.scale
-        scores = q @ keys[:, :, :end].transpose(0, 1, 3, 2)  # [B, Hkv, rep, end]
-        scores += mask
-        out = softmax_np_(scores) @ values[:, :, :end]  # [B, Hkv, rep, d]
+        if mask is None:
+            out = self._attend(np.ascontiguousarray(qk[:, :h]), keys, values, end, valid_from)
+        else:
+            # grouped queries: the rep query heads of a kv head are rows of one matmul
+            q = qk[:, :h].reshape(b, hkv, h // hkv, d) * self.scale
+            scores = q @ keys[:, :, :end].transpose(0, 1, 3, 2)  # [B, Hkv, rep, end]
+            scores += mask
+            out = softmax_np_(scores) @ values[:, :, :end]  # [B, Hkv, rep, d]
         return layer.out(out.reshape(b, h * d))
+
+    def _attend(self, q: np.ndarray, keys: np.ndarray, values: np.ndarray, end: int,
+                valid_from: np.ndarray) -> np.ndarray:
+        """The C kernel's attention (decode.c): q [B, H, d] -> [B, H, d]."""
+        assert self._native is not None and keys.flags.c_contiguous and \
+            values.flags.c_contiguous and q.dtype == keys.dtype == np.float32
+        b, h, d = q.shape
+        out = np.empty_like(q)
+        scratch = np.empty((b, h, end), np.float32)
+        rc = self._native.attend_mt(_ptr(q), b, h, self.kv_heads, d, _ptr(keys),
+                                    _ptr(values), keys.shape[2],
+                                    valid_from.ctypes.data_as(_I32P), end,
+                                    float(self.scale), _ptr(out), _ptr(scratch), self._threads)
+        if rc != 0:
+            raise ValueError("the attention kernel refused its arguments")
+        return out
 
     def _rope_tables(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         angles = positions[:, None] * self.inv_freq[None, :]  # [B, d/2]
         return np.cos(angles)[:, None, :], np.sin(angles)[:, None, :]
+
+
+_F32P = ctypes.POINTER(ctypes.c_float)
+_I32P = ctypes.POINTER(ctypes.c_int32)
+
+
+def _ptr(a: np.ndarray) -> Any:
+    return a.ctypes.data_as(_F32P)
 
 
 def _unsupported(model: Any) -> str | None:
@@ -240,9 +308,9 @@ def _buffers(cache: Any) -> tuple[np.ndarray, np.ndarray]:  # a BatchKVCache
         cache.keys = mx.pad(cache.keys[..., : cache._idx, :], pad)
         cache.values = mx.pad(cache.values[..., : cache._idx, :], pad)
     elif owned is None or owned[0] is not cache.keys or owned[1] is not cache.values:
-        # one copy each (numpy view in, fresh MLX buffer out)
-        cache.keys = mx.array(np.asarray(cache.keys))
-        cache.values = mx.array(np.asarray(cache.values))
+        # one copy each (numpy view in, fresh MLX buffer out), contiguous for the C kernel
+        cache.keys = mx.array(np.ascontiguousarray(cache.keys))
+        cache.values = mx.array(np.ascontiguousarray(cache.values))
     else:
         return np.asarray(cache.keys), np.asarray(cache.values)
     mx.eval(cache.keys, cache.values)

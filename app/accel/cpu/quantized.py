@@ -116,7 +116,6 @@ class QuantizedMatmul:
         if any((w.n_in, w.bits, w.group_size) != (first.n_in, first.bits, first.group_size)
                for w in weights):
             raise ValueError("stacked weights must share their input size and format")
-        self._fn = lib.qmatmul_mt
         self._fn_i8 = lib.qmatmul_i8_mt
         self._quantize = lib.quantize_rows
         # int8 activations: all weights must fit, and share a group size (one xg layout)
@@ -138,6 +137,16 @@ class QuantizedMatmul:
                                                   w.scales.ctypes.data_as(_F32P),
                                                   w.biases.ctypes.data_as(_F32P))))
             column += w.n_out
+        # the float path's one call for all parts (qmatmul_parts)
+        self._parts_fn = lib.qmatmul_parts
+        vp = ctypes.c_void_p * len(weights)
+        self._ws = vp(*(w.packed.ctypes.data for w in weights))
+        self._ss = vp(*(w.scales.ctypes.data for w in weights))
+        self._bs = vp(*(w.biases.ctypes.data for w in weights))
+        self._starts = (ctypes.c_int * (len(weights) + 1))(
+            *np.cumsum([0] + [w.n_out for w in weights]).tolist())
+        total = sum(w.packed.nbytes for w in weights)
+        self._split = threads if total >= PARALLEL_MIN_BYTES else 1
 
     @staticmethod
     def of(*modules: Any, int8: bool = False) -> QuantizedMatmul:
@@ -162,8 +171,17 @@ class QuantizedMatmul:
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.n_in)
         rows = x2.shape[0]
-        kernel = self._int8_kernel(x2) if self.int8 else self._float_kernel(x2)
         out = np.empty((rows, self.n_out), np.float32)
+        if not self.int8:
+            xa = self.arrange(x2)
+            if self._parts_fn(xa.ctypes.data, rows, self.n_in, len(self.weights), self._ws,
+                              self._ss, self._bs, self._starts, self.group_size, self.bits,
+                              out.ctypes.data, self._split) != 0:
+                raise ValueError("the quantized matmul kernel refused its arguments")
+            if self.bias is not None:
+                out += self.bias
+            return out.reshape(*lead, self.n_out)
+        kernel = self._int8_kernel(x2)
         base = out.ctypes.data
         for w, column, split, (wp, sp, bp) in self.parts:
             yp = ctypes.cast(base + 4 * column, _F32P)  # its columns of every output row
@@ -172,18 +190,6 @@ class QuantizedMatmul:
         if self.bias is not None:
             out += self.bias
         return out.reshape(*lead, self.n_out)
-
-    def _float_kernel(self, x: np.ndarray) -> Any:
-        """The float-activation call for x (arranged once for every stacked weight)."""
-        xa = self.arrange(x)
-        xp = xa.ctypes.data_as(_F32P)
-
-        def call(rows: int, w: QuantizedWeight, wp: Any, sp: Any, bp: Any, yp: Any,
-                 split: int) -> int:
-            _ = xa  # keeps the arranged copy alive while its pointer is used
-            return int(self._fn(xp, rows, self.n_in, wp, sp, bp, w.group_size, w.bits,
-                                yp, self.n_out, 0, w.n_out, split))
-        return call
 
     def _int8_kernel(self, x: np.ndarray) -> Any:
         """The int8-activation call for x (quantized once for every stacked weight)."""

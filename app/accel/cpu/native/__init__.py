@@ -21,7 +21,9 @@ from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).with_name("qmatmul.c")
+HERE = Path(__file__).parent
+SOURCES = (HERE / "qmatmul.c", HERE / "decode.c")
+HEADERS = (HERE / "pool.h",)
 FLAGS = ("-O3", "-march=native", "-shared", "-fPIC", "-std=gnu11", "-pthread")
 COMPILE_TIMEOUT = 120.0
 _UNSET = object()
@@ -52,7 +54,8 @@ def _compiler() -> str | None:
 
 def _build(cc: str) -> Path:
     key = hashlib.sha256()
-    for part in (SOURCE.read_bytes(), cc.encode(), " ".join(FLAGS).encode(),
+    for part in (*(p.read_bytes() for p in (*SOURCES, *HEADERS)), cc.encode(),
+                 " ".join(FLAGS).encode(),
                  platform.machine().encode(), _cpu_flags().encode()):
         key.update(part)
         key.update(b"\0")
@@ -64,7 +67,7 @@ def _build(cc: str) -> Path:
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(fd)
     try:
-        subprocess.run([cc, *FLAGS, "-o", tmp, str(SOURCE)], check=True,
+        subprocess.run([cc, *FLAGS, "-o", tmp, *map(str, SOURCES), "-lm"], check=True,
                        capture_output=True, timeout=COMPILE_TIMEOUT)
         os.replace(tmp, target)
     finally:
@@ -117,3 +120,18 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.qmatmul_i8_mt.restype = i
     lib.dequantize_mt.argtypes = [u32, f32, f32, i, i, i, i, f32, i]
     lib.dequantize_mt.restype = i
+    i32 = ctypes.POINTER(ctypes.c_int32)
+    lib.attend_mt.argtypes = [f32, i, i, i, i, f32, f32, ctypes.c_int64, i32, i,
+                              ctypes.c_float, f32, f32, i]
+    lib.attend_mt.restype = i
+    ptr = ctypes.c_void_p  # the decoder's elementwise steps: ndarray.ctypes.data
+    lib.rms_norm.argtypes = [ptr, i, i, ptr, ctypes.c_float, ptr]
+    lib.rms_norm.restype = None
+    lib.swiglu.argtypes = [ptr, i, i, ptr]
+    lib.swiglu.restype = None
+    lib.rope_store.argtypes = [ptr, i, i, i, i, ptr, ptr, ptr, ptr, ptr, ctypes.c_int64, i]
+    lib.rope_store.restype = None
+    lib.qmatmul_parts.argtypes = [ptr, i, i, i, ptr, ptr, ptr, ptr, i, i, ptr, i]
+    lib.qmatmul_parts.restype = i
+    lib.qmatmul_step.argtypes = [i]
+    lib.qmatmul_step.restype = None

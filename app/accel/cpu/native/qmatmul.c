@@ -54,9 +54,12 @@ tile(const float *x, const int rows, int K, const uint8_t *w, const float *scale
 #if defined(__AVX512F__)
         __m512 acc[ROW_TILE], acc2[ROW_TILE];
         for (int r = 0; r < rows; r++) acc[r] = acc2[r] = _mm512_setzero_ps();
-        for (int k = 0; k < K; k += CHUNK) {
-            const __m512 s = _mm512_set1_ps(sn[k / G]);
-            const __m512 b = _mm512_set1_ps(bn[k / G]);
+        /* the group index counted, not divided: a division per chunk (k / G, G known
+         * only at run time) held the loop back */
+        for (int k = 0, g = 0, next = G; k < K; k += CHUNK) {
+            if (k == next) { g++; next += G; }
+            const __m512 s = _mm512_set1_ps(sn[g]);
+            const __m512 b = _mm512_set1_ps(bn[g]);
             __m512 wa, wb;
             if (bits == 4) {
                 const __m512i e = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(wn + k / 2)));
@@ -79,11 +82,18 @@ tile(const float *x, const int rows, int K, const uint8_t *w, const float *scale
         for (int r = 0; r < rows; r++)
             y[(int64_t)r * ldy + n] = _mm512_reduce_add_ps(_mm512_add_ps(acc[r], acc2[r]));
 #elif defined(__AVX2__) && defined(__FMA__)
-        __m256 acc[ROW_TILE];
-        for (int r = 0; r < rows; r++) acc[r] = _mm256_setzero_ps();
-        for (int k = 0; k < K; k += CHUNK) {
-            const __m256 s = _mm256_set1_ps(sn[k / G]);
-            const __m256 b = _mm256_set1_ps(bn[k / G]);
+        /* A accumulators a row: few rows alone cannot hide a multiply-add's latency */
+        enum { A_MAX = 4 };
+        const int A = rows == 1 ? 4 : rows <= 4 ? 2 : 1;
+        __m256 acc[ROW_TILE][A_MAX];
+        for (int r = 0; r < rows; r++)
+            for (int a = 0; a < A; a++) acc[r][a] = _mm256_setzero_ps();
+        /* the group index counted, not divided: a division per chunk (k / G, G known
+         * only at run time) held the loop back */
+        for (int k = 0, g = 0, next = G; k < K; k += CHUNK) {
+            if (k == next) { g++; next += G; }
+            const __m256 s = _mm256_set1_ps(sn[g]);
+            const __m256 b = _mm256_set1_ps(bn[g]);
             __m256 wv[4];  /* the chunk's 32 weights in x's order, 8 at a time */
             if (bits == 4) {
                 for (int h = 0; h < 2; h++) {  /* bytes 8h..8h+7: evens 8h.., odds 16+8h.. */
@@ -102,19 +112,22 @@ tile(const float *x, const int rows, int K, const uint8_t *w, const float *scale
             for (int r = 0; r < rows; r++) {
                 const float *xr = x + (int64_t)r * K + k;
                 for (int h = 0; h < 4; h++)
-                    acc[r] = _mm256_fmadd_ps(wv[h], _mm256_loadu_ps(xr + 8 * h), acc[r]);
+                    acc[r][h % A] = _mm256_fmadd_ps(wv[h], _mm256_loadu_ps(xr + 8 * h), acc[r][h % A]);
             }
         }
         for (int r = 0; r < rows; r++) {
-            const __m128 q = _mm_add_ps(_mm256_castps256_ps128(acc[r]), _mm256_extractf128_ps(acc[r], 1));
+            __m256 t = acc[r][0];
+            for (int a = 1; a < A; a++) t = _mm256_add_ps(t, acc[r][a]);
+            const __m128 q = _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));
             const __m128 d = _mm_add_ps(q, _mm_movehl_ps(q, q));
             y[(int64_t)r * ldy + n] = _mm_cvtss_f32(_mm_add_ss(d, _mm_shuffle_ps(d, d, 1)));
         }
 #else
         float acc[ROW_TILE];
         for (int r = 0; r < rows; r++) acc[r] = 0.0f;
-        for (int k = 0; k < K; k += CHUNK) {
-            const float s = sn[k / G], b = bn[k / G];
+        for (int k = 0, g = 0, next = G; k < K; k += CHUNK) {
+            if (k == next) { g++; next += G; }
+            const float s = sn[g], b = bn[g];
             float wv[CHUNK];
             for (int i = 0; i < 16; i++) {
                 if (bits == 4) {
@@ -351,7 +364,10 @@ int qmatmul_i8(const int8_t *xq, const float *dx, const float *xg, int rows, int
 /* ---- the same split over threads ---------------------------------------------------
  * A decode step makes ~150 matmul calls of 0.1-1 ms each: handing each to Python threads
  * costs about as much as it saves. These workers live for the process and spin briefly
- * (SPIN_CYCLES, as the OPENBLAS_THREAD_TIMEOUT mlxd sets) before sleeping on a condition
+ * (SPIN_CYCLES, as the OPENBLAS_THREAD_TIMEOUT mlxd sets; STEP_SPIN_CYCLES inside a decode
+ * step, between qmatmul_step(1) and (0): longer than the numpy work between two calls,
+ * which at 8 rows outlasted the short spin and paid a wake-up per call; outside a step the
+ * long spin held a core that a prefill's sgemm wanted) before sleeping on a condition
  * variable, so back-to-back calls of one step cost no wake-up and an idle server no CPU.
  * A call is cut into small chunks of columns that the caller and the workers claim one at
  * a time: when another process holds a worker's core, the caller does its share instead
@@ -362,8 +378,11 @@ int qmatmul_i8(const int8_t *xq, const float *dx, const float *xg, int rows, int
 #include <pthread.h>
 #include <stdatomic.h>
 
+#include "pool.h"
+
 #define MAX_THREADS 16
 #define SPIN_CYCLES (1ull << 18)
+#define STEP_SPIN_CYCLES (1ull << 21)
 #define CHUNKS_PER_THREAD 4
 #define MIN_CHUNK_COLUMNS 16
 
@@ -372,10 +391,14 @@ typedef struct {
     int G, bits; float *y; int ldy; int n0, n1, chunk, chunks;
     const int8_t *xq; const float *dx, *xg;  /* set: the int8 kernel */
     float *dequantized;  /* set: dequantize_rows into it */
+    void (*task)(const void *, int, int); const void *ctx;  /* set: parallel_for's */
+    int parts; const uint32_t *const *ws; const float *const *ss, *const *bs;
+    const int *starts;  /* parts > 0: qmatmul_parts' weights side by side */
 } job_t;
 
 static job_t job;
 static _Atomic unsigned long long ticket;
+static atomic_int in_step;  /* qmatmul_step */
 static atomic_int done;
 static int n_workers;  /* started */
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
@@ -397,6 +420,16 @@ static inline void relax(void) {
 #endif
 }
 
+/* Columns [a, b) of the job's weights side by side: each part's share of them. */
+static void parts_range(int a, int b) {
+    for (int p = 0; p < job.parts; p++) {
+        const int lo = job.starts[p], hi = job.starts[p + 1];
+        if (hi <= a || lo >= b) continue;
+        qmatmul(job.x, job.rows, job.K, job.ws[p], job.ss[p], job.bs[p], job.G, job.bits,
+                job.y + lo, job.ldy, (a > lo ? a : lo) - lo, (b < hi ? b : hi) - lo);
+    }
+}
+
 /* Claim and run chunks of call `call` until none is left. */
 static void work(unsigned call) {
     for (;;) {
@@ -409,7 +442,11 @@ static void work(unsigned call) {
             continue;
         const int a = job.n0 + c * job.chunk;
         const int b = a + job.chunk < job.n1 ? a + job.chunk : job.n1;
-        if (job.dequantized)
+        if (job.task)
+            job.task(job.ctx, a, b);
+        else if (job.parts)
+            parts_range(a, b);
+        else if (job.dequantized)
             dequantize_rows(job.w, job.scales, job.biases, job.K, job.G, job.bits,
                             job.dequantized, a, b);
         else if (job.xq)
@@ -426,7 +463,9 @@ static void *worker(void *arg) {
     (void)arg;
     unsigned seen = (unsigned)(atomic_load(&ticket) >> 32);
     for (;;) {
-        const unsigned long long until = cycles() + SPIN_CYCLES;
+        const unsigned long long until =
+            cycles() + (atomic_load_explicit(&in_step, memory_order_relaxed) ? STEP_SPIN_CYCLES
+                                                                                 : SPIN_CYCLES);
         unsigned call;
         while ((call = (unsigned)(atomic_load_explicit(&ticket, memory_order_acquire) >> 32))
                == seen && cycles() < until)
@@ -443,6 +482,10 @@ static void *worker(void *arg) {
     return NULL;
 }
 
+/* on = 1: a decode step begins (its calls come back to back: spin longer between them);
+ * 0: it ended. */
+void qmatmul_step(int on) { atomic_store_explicit(&in_step, on, memory_order_relaxed); }
+
 /* Start workers so that `threads` (the caller included) can share a call; returns how
  * many can (1 if no thread could be started). One caller thread only. */
 int qmatmul_threads(int threads) {
@@ -457,9 +500,9 @@ int qmatmul_threads(int threads) {
 }
 
 /* Run the job set up in `job` over the workers and the caller; returns when done. */
-static void share(int threads) {
+static void share(int threads, int min_chunk) {
     int chunk = (job.n1 - job.n0 + threads * CHUNKS_PER_THREAD - 1) / (threads * CHUNKS_PER_THREAD);
-    if (chunk < MIN_CHUNK_COLUMNS) chunk = MIN_CHUNK_COLUMNS;
+    if (chunk < min_chunk) chunk = min_chunk;
     job.chunk = chunk;
     job.chunks = (job.n1 - job.n0 + chunk - 1) / chunk;
     atomic_store_explicit(&done, 0, memory_order_relaxed);
@@ -478,6 +521,7 @@ static void set_job(const float *x, const int8_t *xq, const float *dx, const flo
                     float *dequantized, int rows, int K, const uint32_t *w,
                     const float *scales, const float *biases, int G, int bits, float *y,
                     int ldy, int n0, int n1) {
+    job.task = NULL; job.ctx = NULL; job.parts = 0;
     job.x = x; job.xq = xq; job.dx = dx; job.xg = xg; job.dequantized = dequantized;
     job.rows = rows; job.K = K; job.w = w; job.scales = scales; job.biases = biases;
     job.G = G; job.bits = bits; job.y = y; job.ldy = ldy; job.n0 = n0; job.n1 = n1;
@@ -493,7 +537,7 @@ int qmatmul_mt(const float *x, int rows, int K, const uint32_t *w, const float *
         return qmatmul(x, rows, K, w, scales, biases, G, bits, y, ldy, n0, n1);
     if (!checked(K, G, bits, n0, n1, ldy)) return -1;
     set_job(x, NULL, NULL, NULL, NULL, rows, K, w, scales, biases, G, bits, y, ldy, n0, n1);
-    share(threads);
+    share(threads, MIN_CHUNK_COLUMNS);
     return 0;
 }
 
@@ -506,7 +550,7 @@ int qmatmul_i8_mt(const int8_t *xq, const float *dx, const float *xg, int rows, 
         return qmatmul_i8(xq, dx, xg, rows, K, w, scales, biases, G, bits, y, ldy, n0, n1);
     if (!i8_checked(K, G, bits, n0, n1, ldy)) return -1;
     set_job(NULL, xq, dx, xg, NULL, rows, K, w, scales, biases, G, bits, y, ldy, n0, n1);
-    share(threads);
+    share(threads, MIN_CHUNK_COLUMNS);
     return 0;
 }
 
@@ -520,6 +564,41 @@ int dequantize_mt(const uint32_t *w, const float *scales, const float *biases, i
         return 0;
     }
     set_job(NULL, NULL, NULL, NULL, out, 0, K, w, scales, biases, G, bits, NULL, 0, 0, N);
-    share(threads);
+    share(threads, MIN_CHUNK_COLUMNS);
+    return 0;
+}
+
+/* task(ctx, a, b) over pieces [a, b) of [0, n), at least min_chunk long, shared with the
+ * workers the same way (pool.h). One caller thread only. */
+void parallel_for(void (*task)(const void *, int, int), const void *ctx, int n, int min_chunk,
+                  int threads) {
+    if (threads > n_workers + 1) threads = n_workers + 1;
+    if (threads <= 1 || n <= min_chunk) {
+        task(ctx, 0, n);
+        return;
+    }
+    set_job(NULL, NULL, NULL, NULL, NULL, 0, 0, NULL, NULL, NULL, 0, 0, NULL, 0, 0, n);
+    job.task = task;
+    job.ctx = ctx;
+    share(threads, min_chunk);
+}
+
+/* y [rows, starts[parts]] = x times several weights of one input size and format, their
+ * outputs side by side (q | k | v, gate | up): part p fills columns [starts[p],
+ * starts[p + 1]), starts[0] = 0. One call and one hand-off to the workers for all of
+ * them (a call per part paid its own). */
+int qmatmul_parts(const float *x, int rows, int K, int parts, const uint32_t *const *ws,
+                  const float *const *ss, const float *const *bs, const int *starts, int G,
+                  int bits, float *y, int threads) {
+    const int N = starts[parts];
+    if (!checked(K, G, bits, 0, N, N)) return -1;
+    if (threads > n_workers + 1) threads = n_workers + 1;
+    set_job(x, NULL, NULL, NULL, NULL, rows, K, NULL, NULL, NULL, G, bits, y, N, 0, N);
+    job.parts = parts; job.ws = ws; job.ss = ss; job.bs = bs; job.starts = starts;
+    if (threads <= 1 || N <= 2 * MIN_CHUNK_COLUMNS) {
+        parts_range(0, N);
+        return 0;
+    }
+    share(threads, MIN_CHUNK_COLUMNS);
     return 0;
 }
