@@ -17,7 +17,7 @@ from app.engine.engine import IDLE_WAIT_SECONDS
 from tests.harness import Server, run_server
 
 STREAMS = 32
-ROUNDS = 3
+ROUNDS = 4
 MAX_TOKENS = 8
 
 
@@ -89,7 +89,8 @@ def test_streams_with_disconnects_leave_nothing_behind(tmp_path: Path) -> None:
                 time.sleep(0.1)
             assert gauge_sum(srv, "mlxd_mlx_cache_memory_bytes") == 0
             rss.append(rss_bytes(srv))
-        # glibc's heap alone moved a later round up to 11% above the first in one CI run
-        # of many (with nothing left in the engine or MLX's cache): a leak of what the
-        # rounds leave behind grows past this every round
-        assert max(rss[1:]) <= rss[0] * 1.15, rss
+        # The first two rounds are warm-up: their batch shapes fill the allocators' arenas
+        # (glibc's, per thread, and the CPU kernels' work buffers) to a plateau that one CI
+        # run reached only in round 2 (+16%, then +0.1%). A leak of what the rounds leave
+        # behind keeps growing after it.
+        assert max(rss[2:]) <= rss[1] * 1.10, rss
