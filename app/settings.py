@@ -56,7 +56,8 @@ class Settings(BaseSettings):
     False = MLX's and mlx-lm's own ops throughout, every model."""
     gpu_fast_kernels: bool = True
     """On an NVIDIA GPU, compute with app/accel/gpu/ where it is faster: the attention of
-    batched decode steps in one kernel of ours, not MLX's masked fallback (app/accel/choose.py);
+    batched decode steps in one kernel of ours, not MLX's masked fallback, and of short
+    prefills in plain MLX ops, not a cuDNN graph built per shape (app/accel/choose.py);
     False = MLX's and mlx-lm's own ops."""
     gpu_rows_matmul: bool = False
     """With gpu_fast_kernels on an NVIDIA GPU: linear layers multiply at most 8 rows (decode

@@ -13,7 +13,6 @@ hand-off to the kernel's worker threads costs or saves.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from collections import defaultdict
@@ -31,6 +30,7 @@ prepare_process()
 import mlx.core as mx  # noqa: E402
 import numpy as np  # noqa: E402
 from common import gguf_path, load_avg, write_report  # noqa: E402
+from micro_timing import timed  # noqa: E402
 from mlx_lm.models.cache import BatchKVCache  # noqa: E402
 
 from app.accel.choose import accelerate_chat  # noqa: E402
@@ -68,16 +68,6 @@ def _caches(model: Any, b: int) -> tuple[list[BatchKVCache], np.ndarray]:
     return caches, np.arange(5, 5 + b)
 
 
-def _median_ms(fn: Callable[[], object], n: int) -> float:
-    fn()
-    times = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3
-
-
 def _instrument(dec: Any, timers: Timers) -> Callable[[], None]:
     """Wrap the decoder's parts; returns the undo."""
     undo: list[Callable[[], None]] = []
@@ -111,10 +101,10 @@ def _matmul_rows(dec: Any, b: int, n: int) -> list[str]:
                     ("down", layer.down), ("LM head", dec.head)):
         x = np.random.default_rng(0).standard_normal((b, m.n_in)).astype(np.float32)
         nbytes = sum(w.packed.nbytes + w.scales.nbytes + w.biases.nbytes for w in m.weights)
-        t_mt = _median_ms(lambda m=m, x=x: m(x), n)
+        t_mt = timed(lambda m=m, x=x: m(x), n) * 1e3
         parts, split = m.parts, m._split
         m.parts, m._split = [(w, c, 1, p) for w, c, _, p in parts], 1
-        t_1 = _median_ms(lambda m=m, x=x: m(x), n)
+        t_1 = timed(lambda m=m, x=x: m(x), n) * 1e3
         m.parts, m._split = parts, split
         rows.append(f"| {role} | {m.n_out}x{m.n_in} {m.bits}-bit | {nbytes / 2**20:.2f} | "
                     f"{t_mt * 1e3:.0f} | {t_1 * 1e3:.0f} | "
@@ -124,7 +114,7 @@ def _matmul_rows(dec: Any, b: int, n: int) -> list[str]:
 
 def profile(model: Any, dec: Any, b: int, steps: int) -> list[str]:
     caches, tokens = _caches(model, b)
-    bare = _median_ms(lambda: dec.step(tokens, caches), steps)
+    bare = timed(lambda: dec.step(tokens, caches), steps) * 1e3
     timers = Timers()
     undo = _instrument(dec, timers)
     t0 = time.perf_counter()

@@ -10,7 +10,9 @@ On an x86 CPU under `mlx[cpu]` with `Settings.cpu_fast_kernels` on:
 - Whisper: decoder weights input-major, GELU and the encoder's softmax in numpy, the
   logits projection and decode steps through panels (`Whisper.use_ops`).
 On an NVIDIA GPU with `Settings.gpu_fast_kernels` on: chat models' batched decode
-attention runs one kernel of ours (app/accel/gpu/; mlx-lm patched process-wide).
+attention runs one kernel of ours and short prefills' attention plain MLX ops, not cuDNN
+graphs built per shape (app/accel/gpu/; mlx-lm patched process-wide); with
+`Settings.gpu_rows_matmul` also few-row matmuls through gemv.py's kernel.
 Everywhere else (Metal, or the settings off) models keep MLX's own ops; a chat model
 loaded with its setting off also takes back an mlx-lm patch, were one installed.
 """

@@ -268,23 +268,20 @@ def attention(queries: mx.array, keys: mx.array, values: mx.array, cache: Any,
         rows = slice(start, min(start + rows_per_block, length))
         qb = q[:, :, :, rows]
         lb = qb.shape[3]
+        # causal: a block's rows see keys up to its last row's position, so the keys after
+        # it are never scored (the masked half of a chunk's own square)
+        first = s - length + start
+        width = first + lb if causal else s
+        scores = (qb.reshape(b, hkv, rep * lb, d) @ keys_t[..., :width]).reshape(
+            b, hkv, rep, lb, width)
         if causal:
-            # a block's rows see keys up to its last row's position: the keys after it
-            # are never scored (the masked half of a chunk's own square), and the mask
-            # is one additive [lb, width] table added inside numpy's threaded pass
-            # (MLX's where() over the scores is one more single-threaded pass and buffer)
-            first = s - length + start
-            width = first + lb
-            scores = (qb.reshape(b, hkv, rep * lb, d) @ keys_t[..., :width]).reshape(
-                b, hkv, rep, lb, width)
+            # the mask as one additive [lb, width] table, added inside numpy's threaded
+            # pass (MLX's where() over the scores is one more single-threaded pass and buffer)
             probs = softmax_numpy_(scores, add=_causal_table(first, lb, width))
-            seen = values[:, :, :width]
         else:
-            width = s
-            scores = (qb.reshape(b, hkv, rep * lb, d) @ keys_t).reshape(b, hkv, rep, lb, s)
             probs = softmax_numpy_(_masked(scores, mask, rows, s, length))
-            seen = values
-        out = (probs.reshape(b, hkv, rep * lb, width) @ seen).reshape(b, hkv, rep, lb, d)
+        out = (probs.reshape(b, hkv, rep * lb, width) @ values[:, :, :width]).reshape(
+            b, hkv, rep, lb, d)
         mx.eval(out)  # this block's scores are freed before the next block's
         blocks.append(out)
     return mx.concatenate(blocks, axis=3).reshape(b, h, length, d)

@@ -178,15 +178,13 @@ class QuantizedMatmul:
                               self._ss, self._bs, self._starts, self.group_size, self.bits,
                               out.ctypes.data, self._split) != 0:
                 raise ValueError("the quantized matmul kernel refused its arguments")
-            if self.bias is not None:
-                out += self.bias
-            return out.reshape(*lead, self.n_out)
-        kernel = self._int8_kernel(x2)
-        base = out.ctypes.data
-        for w, column, split, (wp, sp, bp) in self.parts:
-            yp = ctypes.cast(base + 4 * column, _F32P)  # its columns of every output row
-            if kernel(rows, w, wp, sp, bp, yp, split) != 0:
-                raise ValueError("the quantized matmul kernel refused its arguments")
+        else:
+            kernel = self._int8_kernel(x2)
+            base = out.ctypes.data
+            for w, column, split, (wp, sp, bp) in self.parts:
+                yp = ctypes.cast(base + 4 * column, _F32P)  # its columns of every output row
+                if kernel(rows, w, wp, sp, bp, yp, split) != 0:
+                    raise ValueError("the quantized matmul kernel refused its arguments")
         if self.bias is not None:
             out += self.bias
         return out.reshape(*lead, self.n_out)
