@@ -34,7 +34,7 @@ class Settings(BaseSettings):
     max_batch: int | None = None
     """Most sequences decoding together in one step, per model; None = from memory: as
     many sequences of a typical length as the KV budget holds (app/kv/sizing.py's
-    `batch_from_memory`), at most 64 on a GPU and 32 on a CPU, whose steps are
+    `batch_from_memory`), at most 128 on a GPU and 32 on a CPU, whose steps are
     compute-bound long before."""
     prefill_chunk: int | None = None
     """Most prompt tokens per prefill step (the step's time bounds it too); None = 512 on a
@@ -60,9 +60,9 @@ class Settings(BaseSettings):
     prefills in plain MLX ops, not a cuDNN graph built per shape (app/accel/choose.py);
     False = MLX's and mlx-lm's own ops."""
     gpu_rows_matmul: bool = False
-    """With gpu_fast_kernels on an NVIDIA GPU: linear layers multiply at most 8 rows (decode
-    steps of up to 8 streams) through app/accel/gpu/gemv.py's kernel. Off until measured
-    ahead of MLX's matmul (bench/micro_gpu_gemv.py)."""
+    """With gpu_fast_kernels on an NVIDIA GPU: linear layers multiply 2-8 rows (decode steps
+    of 2-8 streams) by small weights through app/accel/gpu/gemv.py's kernel. Off: a decode
+    step measured level with MLX's matmul (bench/results/gpu-rows-matmul.md)."""
     cpu_quantized_weights: bool = True
     """With cpu_fast_kernels on an x86 CPU: a GGUF's Q4_0/Q4_1/Q8_0 weights stay quantized
     (decode steps read the packed bytes through app/accel/cpu/quantized.py, prefill

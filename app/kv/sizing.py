@@ -82,10 +82,12 @@ def default_budget_bytes(fraction: float = DEFAULT_BUDGET_FRACTION) -> int:
 # turn with its history. Admission still checks each request's own size against the budget.
 TYPICAL_SEQUENCE_TOKENS = 2048
 MIN_BATCH = 8
-# 64, not more: on an H200 (8B, bench/results/gpu-batch-from-memory.md) 64 streams
-# together beat two waves of 32, while 128 together took 2.5x the wall time of four
-# waves (admission and prefill at that width are the open part of the GPU issue).
-MAX_BATCH_GPU = 64
+# 128: on an H200 (8B) 128 streams decoding together beat two waves of 64 once batched
+# decode attention and short prefills stopped falling back to MLX's slow paths (the GPU
+# wing), and a request arriving while 64 decode then finds a free row at once instead of
+# waiting for one to end (bench/results/gpu-serving-128.md; the earlier cap of 64 came
+# from bench/results/gpu-batch-from-memory.md, measured before the wing).
+MAX_BATCH_GPU = 128
 MAX_BATCH_CPU = 32
 
 

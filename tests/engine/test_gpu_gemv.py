@@ -39,6 +39,16 @@ def test_supports_only_few_rows_of_matching_half_floats() -> None:
     assert not gemv.supports(mx.zeros((1, 64), bf16), mx.zeros((16, 32), bf16))
 
 
+def test_routes_only_where_the_kernel_measured_ahead() -> None:
+    bf16 = mx.bfloat16
+    small, big = mx.zeros((4096, 4096), bf16), mx.zeros((12288, 4096), bf16)
+    assert gpu_linear.routed(mx.zeros((2, 4096), bf16), small)
+    assert gpu_linear.routed(mx.zeros((8, 4096), bf16), small)
+    assert not gpu_linear.routed(mx.zeros((1, 4096), bf16), small)  # MLX's own gemv
+    assert not gpu_linear.routed(mx.zeros((4, 4096), bf16), big)  # MLX's GEMM at full speed
+    assert not gpu_linear.routed(mx.zeros((9, 4096), bf16), small)
+
+
 def _linears(model: object) -> Counter[str]:
     return Counter(type(m).__name__ for _, m in model.named_modules()  # type: ignore[attr-defined]
                    if isinstance(m, nn.Linear))

@@ -1,4 +1,4 @@
-"""Few-row matmuls against bf16/f16 weights, as one CUDA kernel of ours (not yet wired in).
+"""Few-row matmuls against bf16/f16 weights, as one CUDA kernel of ours (opt-in).
 
 A decode step at 1-8 streams multiplies a handful of rows by every weight, so its time is
 the time to read the weights once. llama.cpp's engine reads them faster than MLX's GEMM
@@ -12,9 +12,9 @@ each), multiplies them into every row of x (small and shared by all warps, so it
 the caches) and keeps one float sum per row and column; the warp adds its lanes' sums at
 the end. Every weight byte is read once per call.
 
-Status: correctness test and micro-benchmark exist (tests/engine/test_gpu_gemv.py,
-bench/micro_gpu_gemv.py) but no model uses it until the benchmark shows it ahead of MLX's
-matmul on the GPU; then it goes in through app/accel/choose.py like the other kernels.
+Status: behind `gpu_rows_matmul` (off), routed by linear.py. On an H200 it beat MLX's
+matmul only on small weights at 2-8 rows, and a whole decode step came out level with
+MLX's (bench/results/gpu-rows-matmul.md), so no model uses it by default.
 """
 
 from __future__ import annotations
