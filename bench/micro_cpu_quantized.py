@@ -1,12 +1,13 @@
 """In-process measurements behind app/accel/cpu/quantized.py and quantized_prefill.py: the
 default GGUF (SmolLM2-135M Q4_1) widened to float32 at load against kept packed.
 
-    .venv/bin/python bench/micro_cpu_quantized.py [--reps 3] [--out micro-cpu-quantized.md]
+    .venv/bin/python bench/micro_cpu_quantized.py [--reps 3] [--int8] [--out FILE]
 
 1. One decode step of a left-padded batch of 1, 4 and 8 rows with ~200 cached tokens:
    `CpuLlamaDecoder` over float32 panels against the same decoder over the C kernels.
 2. One 512-token prefill chunk through mlx-lm: float32 sgemm against dequantize + sgemm.
 3. Bytes of weights the model holds.
+`--int8` adds packed weights with int8 activations (`cpu_int8_activations`) as a third mode.
 Modes alternate within each repetition, so the machine's load hits both alike.
 """
 
@@ -38,7 +39,7 @@ from app.models.gguf import load_gguf  # noqa: E402
 from app.settings import Settings  # noqa: E402
 
 CALLS = 15
-MODES = ("float32", "quantized")
+MODES = ["float32", "quantized"]
 
 
 def _step(model: Any, dec: Any, b: int) -> Callable[[], object]:
@@ -64,8 +65,9 @@ def cases() -> tuple[dict[str, dict[str, Callable[[], object]]], dict[str, int]]
     out: dict[str, dict[str, Callable[[], object]]] = {}
     weights = {}
     for mode in MODES:
-        loaded = load_gguf(gguf_path(), cpu_quantized=mode == "quantized")
-        print(f"{mode}: {accelerate_chat(loaded, Settings())}", flush=True)
+        loaded = load_gguf(gguf_path(), cpu_quantized=mode != "float32")
+        settings = Settings(cpu_int8_activations=mode == "int8")
+        print(f"{mode}: {accelerate_chat(loaded, settings)}", flush=True)
         model, dec = loaded.model, loaded.decode_step
         assert dec is not None
         weights[mode] = sum(v.nbytes for _, v in tree_flatten(model.parameters()))
@@ -79,7 +81,10 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="micro-cpu-quantized.md")
     p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--int8", action="store_true", help="a third mode: int8 activations")
     args = p.parse_args()
+    if args.int8:
+        MODES.append("int8")
     table, weights = cases()
     results = {name: {m: [] for m in MODES} for name in table}  # type: ignore[var-annotated]
     for rep in range(args.reps):
@@ -90,7 +95,8 @@ def main() -> None:
             print(f"rep {rep}: {name}: " + ", ".join(
                 f"{m} {results[name][m][-1]:.2f} ms" for m in MODES), flush=True)
     lines = ["# SmolLM2-135M Q4_1 on the CPU: float32 at load against packed weights", "",
-             f"`bench/micro_cpu_quantized.py --reps {args.reps}` · "
+             f"`bench/micro_cpu_quantized.py --reps {args.reps}"
+             f"{' --int8' if args.int8 else ''}` · "
              f"{time.strftime('%Y-%m-%d %H:%M:%S')} · load avg {load_avg()} · "
              f"mlx {mx.__version__}", "",
              f"Milliseconds, median of {CALLS} calls (prefill: 3) per repetition; the table "
@@ -99,6 +105,8 @@ def main() -> None:
     lines.append(f"| weights held (MiB) | {weights['float32'] / 2**20:.0f} | "
                  f"{weights['quantized'] / 2**20:.0f} | "
                  f"{weights['float32'] / weights['quantized']:.2f}x |")
+    if args.int8:
+        lines += ["", *pair_table(results, "quantized", "int8", ("packed", "packed, int8 x"))]
     lines.append("")
     lines.append("float32 decode steps also hold a panel copy of the weights (not counted).")
     print("\n".join(lines))

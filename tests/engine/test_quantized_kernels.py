@@ -24,6 +24,20 @@ def _weight(n_out: int, n_in: int, bits: int, group: int, seed: int) -> tuple[An
     return QuantizedWeight(q, s, b, group, bits), dense
 
 
+@pytest.mark.skipif(not quantized.gemm_available(), reason="the GEMM kernel needs AVX-512")
+@pytest.mark.parametrize(("rows", "n_out"), [(1, 14), (31, 96), (33, 100), (77, 27), (512, 70)])
+@pytest.mark.parametrize(("bits", "group"), [(4, 32), (4, 128), (8, 32), (8, 64)])
+def test_gemm_matches_dequantized_weights(bits: int, group: int, rows: int, n_out: int) -> None:
+    """Rows past a panel of 32 and weight rows past a tile of 14 (their padding must not
+    reach the output), both widths and group sizes."""
+    w, dense = _weight(n_out, 384, bits, group, seed=rows + n_out)
+    x = np.random.default_rng(rows).standard_normal((rows, 384)).astype(np.float32)
+    want = np.asarray(mx.array(x) @ dense.T)
+    got = w.gemm(x)
+    assert got.shape == (rows, n_out)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max())
+
+
 @pytest.mark.parametrize("rows", [1, 3, 8, 9, 17])
 @pytest.mark.parametrize(("bits", "group"), [(4, 32), (4, 64), (8, 32), (8, 128)])
 def test_matmul_matches_dequantized_weights(bits: int, group: int, rows: int) -> None:
@@ -92,7 +106,8 @@ def test_dequantizing_prefill_matches_mlx(bits: int) -> None:
                                atol=1e-6)
 
 
-@pytest.mark.skipif(not quantized.int8_available(), reason="no AVX-512 VNNI here")
+@pytest.mark.skipif(not quantized.int8_available(),
+                    reason="no int8 kernel (AVX-512 VNNI or AVX2) here")
 @pytest.mark.parametrize("rows", [1, 8, 11])
 @pytest.mark.parametrize(("bits", "group"), [(4, 32), (4, 128), (8, 32), (8, 64)])
 def test_int8_activations_within_their_rounding(bits: int, group: int, rows: int) -> None:

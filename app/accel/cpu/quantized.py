@@ -41,9 +41,15 @@ def available() -> bool:
 
 
 def int8_available() -> bool:
-    """The CPU has AVX-512 VNNI and the kernels were built for it."""
+    """The kernels were built with an int8-activation path (AVX-512 VNNI or AVX2)."""
     lib = native.library()
-    return lib is not None and bool(lib.qmatmul_vnni())
+    return lib is not None and bool(lib.qmatmul_int8())
+
+
+def gemm_available() -> bool:
+    """The many-row kernel was built (AVX-512); without it prefill dequantizes + sgemm."""
+    lib = native.library()
+    return lib is not None and bool(lib.qgemm_available())
 
 
 def int8_fits(bits: int, group_size: int, n_in: int) -> bool:
@@ -89,6 +95,23 @@ class QuantizedWeight:
                                lib.qmatmul_threads(workers()))
         if rc != 0:
             raise ValueError("dequantize refused its arguments")
+
+    def gemm(self, x: np.ndarray) -> np.ndarray:
+        """x [M, n_in] float32 @ W.T for many rows (a prefill chunk), W dequantized a tile
+        at a time inside the kernel (native/qgemm.c; needs `gemm_available()`)."""
+        lib = native.library()
+        assert lib is not None
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        out = np.empty((x.shape[0], self.n_out), np.float32)
+        rc = lib.qgemm(x.ctypes.data, x.shape[0], self.n_in, self.packed.ctypes.data,
+                       self.scales.ctypes.data, self.biases.ctypes.data, self.n_out,
+                       self.group_size, self.bits, out.ctypes.data,
+                       lib.qmatmul_threads(workers()))
+        if rc == -2:
+            raise MemoryError("no memory for the quantized GEMM's buffers")
+        if rc != 0:
+            raise ValueError("the quantized GEMM refused its arguments")
+        return out
 
     def rows(self, index: np.ndarray) -> np.ndarray:
         """Rows `index` of W dequantized to float32 (an embedding lookup)."""

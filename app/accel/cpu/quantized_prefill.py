@@ -64,12 +64,7 @@ def _scratch(n_out: int, n_in: int) -> tuple[mx.array, np.ndarray] | None:
 
 def _dense(module: Any) -> mx.array:
     """`module`'s weight as an evaluated float32 array (C kernel where it is available)."""
-    native = module.__dict__.get("_mlxd_native")
-    if native is None and quantized.available() and \
-            quantized.supported(module.bits, module.group_size,
-                                module.weight.shape[-1] * 32 // module.bits):
-        native = QuantizedWeight.of(module)
-        module.__dict__["_mlxd_native"] = native
+    native = _native(module)
     if native is not None:
         scratch = _scratch(native.n_out, native.n_in)
         if scratch is not None:
@@ -86,12 +81,31 @@ def _rows(x: mx.array) -> int:
     return rows
 
 
+def _native(module: Any) -> QuantizedWeight | None:
+    """The C kernels' view of `module`'s weight (made once), or None where they cannot
+    take it."""
+    native = module.__dict__.get("_mlxd_native")
+    if native is None and quantized.available() and \
+            quantized.supported(module.bits, module.group_size,
+                                module.weight.shape[-1] * 32 // module.bits):
+        native = QuantizedWeight.of(module)
+        module.__dict__["_mlxd_native"] = native
+    return native
+
+
 def _dense_matmul(module: Any, x: mx.array) -> mx.array | None:
-    """x @ W.T (+ bias) through the dequantized weight, evaluated; None where MLX's own
-    kernel should take it (few rows, or a format without biases)."""
+    """x @ W.T (+ bias), evaluated: the quantized GEMM kernel where the CPU has it, else
+    through the dequantized weight and an sgemm; None where MLX's own kernel should take
+    it (few rows, or a format without biases)."""
     if _rows(x) < MIN_ROWS or module.biases is None:
         return None
-    y = x.astype(mx.float32) @ _dense(module).T
+    native = _native(module)
+    if native is not None and quantized.gemm_available():
+        x32 = x.astype(mx.float32).reshape(-1, x.shape[-1])
+        mx.eval(x32)
+        y = mx.array(native.gemm(np.asarray(x32))).reshape(*x.shape[:-1], native.n_out)
+    else:
+        y = x.astype(mx.float32) @ _dense(module).T
     if "bias" in module:
         y = y + module.bias
     y = y.astype(x.dtype)

@@ -22,9 +22,12 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 HERE = Path(__file__).parent
-SOURCES = (HERE / "qmatmul.c", HERE / "decode.c")
+SOURCES = (HERE / "qmatmul.c", HERE / "decode.c", HERE / "qgemm.c")
 HEADERS = (HERE / "pool.h",)
-FLAGS = ("-O3", "-march=native", "-shared", "-fPIC", "-std=gnu11", "-pthread")
+FLAGS = ("-O3", "-shared", "-fPIC", "-std=gnu11", "-pthread")
+# MLXD_NATIVE_MARCH=haswell (or x86-64, ...): build for that target instead of this CPU, to
+# run the AVX2 and plain-C paths on a machine that has AVX-512 (the tests do)
+MARCH_ENV = "MLXD_NATIVE_MARCH"
 COMPILE_TIMEOUT = 120.0
 _UNSET = object()
 _lib: object = _UNSET
@@ -52,10 +55,14 @@ def _compiler() -> str | None:
     return None
 
 
+def _flags() -> tuple[str, ...]:
+    return (f"-march={os.environ.get(MARCH_ENV) or 'native'}", *FLAGS)
+
+
 def _build(cc: str) -> Path:
     key = hashlib.sha256()
     for part in (*(p.read_bytes() for p in (*SOURCES, *HEADERS)), cc.encode(),
-                 " ".join(FLAGS).encode(),
+                 " ".join(_flags()).encode(),
                  platform.machine().encode(), _cpu_flags().encode()):
         key.update(part)
         key.update(b"\0")
@@ -67,7 +74,7 @@ def _build(cc: str) -> Path:
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(fd)
     try:
-        subprocess.run([cc, *FLAGS, "-o", tmp, *map(str, SOURCES), "-lm"], check=True,
+        subprocess.run([cc, *_flags(), "-o", tmp, *map(str, SOURCES), "-lm"], check=True,
                        capture_output=True, timeout=COMPILE_TIMEOUT)
         os.replace(tmp, target)
     finally:
@@ -95,7 +102,8 @@ def library() -> ctypes.CDLL | None:
         return None
     _declare(lib)
     _lib = lib
-    logger.info("CPU kernels built for this machine (%s, %d-bit vectors)", cc, lib.qmatmul_isa())
+    logger.info("CPU kernels built for this machine (%s, %d-bit vectors, int8 path %d-bit)",
+                cc, lib.qmatmul_isa(), lib.qmatmul_int8())
     return lib
 
 
@@ -112,8 +120,8 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.qmatmul_threads.argtypes = [i]
     lib.qmatmul_threads.restype = i
     i8 = ctypes.POINTER(ctypes.c_int8)
-    lib.qmatmul_vnni.argtypes = []
-    lib.qmatmul_vnni.restype = i
+    lib.qmatmul_int8.argtypes = []
+    lib.qmatmul_int8.restype = i
     lib.quantize_rows.argtypes = [f32, i, i, i, i, i8, f32, f32]
     lib.quantize_rows.restype = None
     lib.qmatmul_i8_mt.argtypes = [i8, f32, f32, i, i, u32, f32, f32, i, i, f32, i, i, i, i]
@@ -133,5 +141,9 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.rope_store.restype = None
     lib.qmatmul_parts.argtypes = [ptr, i, i, i, ptr, ptr, ptr, ptr, i, i, ptr, i]
     lib.qmatmul_parts.restype = i
+    lib.qgemm_available.argtypes = []
+    lib.qgemm_available.restype = i
+    lib.qgemm.argtypes = [ptr, i, i, ptr, ptr, ptr, i, i, i, ptr, i]
+    lib.qgemm.restype = i
     lib.qmatmul_step.argtypes = [i]
     lib.qmatmul_step.restype = None

@@ -213,26 +213,43 @@ void dequantize_rows(const uint32_t *w, const float *scales, const float *biases
     }
 }
 
-/* ---- int8 activations (AVX-512 VNNI) ----------------------------------------------
+/* ---- int8 activations (AVX-512 VNNI, or AVX2) -------------------------------------
  * As llama.cpp does on CPUs: x is quantized per block of 32 to int8 with one float scale
  * (absmax / 127), and each block's products with the unsigned 4- or 8-bit weights are
- * summed in int32 by VPDPBUSD (64 multiply-adds an instruction), then scaled once per
- * block: sum_k w x = sum_blocks s_w dx sum(q xq) + sum_groups b_w sum(x). Half the
- * instructions per weight of the float path at one row; the activations' rounding (at most
- * half a step of 1/127 of a block's largest value) is the price.
+ * summed in integers, then scaled once per block:
+ * sum_k w x = sum_blocks s_w dx sum(q xq) + sum_groups b_w sum(x). A fraction of the
+ * float path's instructions per weight; the activations' rounding (at most half a step of
+ * 1/127 of a block's largest value) is the price.
  *
- * Blocks go two at a time (64 inputs, one 512-bit register of bytes). 4-bit: 32 bytes
- * hold both blocks; their low nibbles (even elements) then high nibbles (odd ones) fill
- * the register, so xq is laid out per 64 inputs as A evens, B evens, A odds, B odds.
- * 8-bit: in order. K must be a multiple of 64, G 32 or a multiple of 64.
+ * AVX-512 VNNI: VPDPBUSD (64 multiply-adds an instruction into int32). Blocks go two at a
+ * time (64 inputs, one 512-bit register of bytes). 4-bit: 32 bytes hold both blocks; their
+ * low nibbles (even elements) then high nibbles (odd ones) fill the register, so xq is laid
+ * out per 64 inputs as A evens, B evens, A odds, B odds. 8-bit: in order.
+ *
+ * AVX2 (no VNNI): VPMADDUBSW (unsigned x signed bytes, adjacent pairs summed into int16)
+ * then VPMADDWD by ones into int32, a block of 32 a register. 4-bit: the block's 16 bytes
+ * in both halves of a register, the upper half shifted by 4, give its evens then its odds
+ * (xq per 32 inputs: evens, odds; the float path's order). 8-bit: an unsigned byte times
+ * 127 twice overflows int16, so the weight is made signed (w - 128, its bias term gains
+ * 128 s) and split into |w - 128| and the sign, which moves onto x (as llama.cpp's Q8 path).
+ *
+ * K must be a multiple of 64, G 32 or a multiple of 64 (the VNNI pairs; AVX2 keeps the
+ * same shapes so one check serves both).
  */
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__) && defined(__AVX512VL__)
 #define HAVE_VNNI 1
 #else
 #define HAVE_VNNI 0
 #endif
+#if !HAVE_VNNI && defined(__AVX2__) && defined(__FMA__)
+#define HAVE_I8_AVX2 1
+#else
+#define HAVE_I8_AVX2 0
+#endif
+#define HAVE_I8 (HAVE_VNNI || HAVE_I8_AVX2)
 
-int qmatmul_vnni(void) { return HAVE_VNNI; }
+/* 512: the VNNI kernel, 256: the AVX2 one, 0: none (qmatmul_i8 refuses). */
+int qmatmul_int8(void) { return HAVE_VNNI ? 512 : HAVE_I8_AVX2 ? 256 : 0; }
 
 /* xq [rows, K] int8 in the kernel's order, dx [rows, K/32], xg [rows, K/G] (sum of x per
  * weight group, for the bias term). */
@@ -257,8 +274,10 @@ void quantize_rows(const float *x, int rows, int K, int G, int bits, int8_t *xq,
                 const int q = (int)(v + (v >= 0 ? 0.5f : -0.5f));
                 sum += (float)q;
                 int at;
-                if (bits == 4)  /* A evens, B evens, A odds, B odds */
+                if (bits == 4 && HAVE_VNNI)  /* A evens, B evens, A odds, B odds */
                     at = 32 * pair + (i & 1) * 32 + second * 16 + (i >> 1);
+                else if (bits == 4)  /* evens, odds */
+                    at = 32 * b + (i & 1) * 16 + (i >> 1);
                 else
                     at = 32 * b + i;
                 qr[at] = (int8_t)q;
@@ -318,6 +337,79 @@ tile_i8(const int8_t *xq, const float *dx, const float *xg, const int rows, int 
                 + dot_bias(bn, xg + (int64_t)r * groups, groups);
     }
 }
+#elif HAVE_I8_AVX2
+static inline float hsum256(__m256 t) {
+    const __m128 q = _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));
+    const __m128 d = _mm_add_ps(q, _mm_movehl_ps(q, q));
+    return _mm_cvtss_f32(_mm_add_ss(d, _mm_shuffle_ps(d, d, 1)));
+}
+
+/* sum_g (b[g] + shift * s[g]) xg[g]: the bias term (shift 128 for 8-bit's signed weights) */
+static inline float dot_bias(const float *bn, const float *sn, float shift, const float *xg,
+                             int groups) {
+    __m256 acc = _mm256_setzero_ps();
+    int g = 0;
+    for (; g + 8 <= groups; g += 8) {
+        const __m256 b = _mm256_fmadd_ps(_mm256_loadu_ps(sn + g), _mm256_set1_ps(shift),
+                                         _mm256_loadu_ps(bn + g));
+        acc = _mm256_fmadd_ps(b, _mm256_loadu_ps(xg + g), acc);
+    }
+    float sum = hsum256(acc);
+    for (; g < groups; g++) sum += (bn[g] + shift * sn[g]) * xg[g];
+    return sum;
+}
+
+static inline __attribute__((always_inline)) void
+tile_i8(const int8_t *xq, const float *dx, const float *xg, const int rows, int K,
+        const uint8_t *w, const float *scales, const float *biases, int G, const int bits,
+        float *y, int ldy, int n0, int n1) {
+    const int row_bytes = K * bits / 8, groups = K / G, blocks = K / 32;
+    const __m256i low4 = _mm256_set1_epi8(0x0F);
+    const __m256i upper_by_4 = _mm256_set_epi32(4, 4, 4, 4, 0, 0, 0, 0);
+    const __m256i ones = _mm256_set1_epi16(1);
+    const __m256i flip = _mm256_set1_epi8((char)0x80);
+    /* A accumulators a row: at one row, one chain of multiply-adds waits on itself */
+    enum { A_MAX = 4 };
+    const int A = rows == 1 ? 4 : rows <= 4 ? 2 : 1;
+    for (int n = n0; n < n1; n++) {
+        const uint8_t *wn = w + (int64_t)n * row_bytes;
+        const float *sn = scales + (int64_t)n * groups;
+        __m256 acc[ROW_TILE][A_MAX];
+        for (int r = 0; r < rows; r++)
+            for (int a = 0; a < A; a++) acc[r][a] = _mm256_setzero_ps();
+        for (int b = 0, g = 0, next = G; b < blocks; b++) {
+            const int k = 32 * b;
+            if (k == next) { g++; next += G; }
+            __m256i wu, ws = _mm256_setzero_si256();  /* unsigned weights; 8-bit: w - 128 */
+            if (bits == 4) {
+                const __m256i v = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(wn + k / 2)));
+                wu = _mm256_and_si256(_mm256_srlv_epi32(v, upper_by_4), low4);
+            } else {
+                ws = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(wn + k)), flip);
+                wu = _mm256_abs_epi8(ws);
+            }
+            const __m256 s = _mm256_set1_ps(sn[g]);
+            for (int r = 0; r < rows; r++) {
+                __m256i xv = _mm256_loadu_si256((const __m256i *)(xq + (int64_t)r * K + k));
+                if (bits == 8) xv = _mm256_sign_epi8(xv, ws);
+                const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(wu, xv), ones);
+                const __m256 sd = _mm256_mul_ps(s, _mm256_broadcast_ss(dx + (int64_t)r * blocks + b));
+                acc[r][b % A] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), sd, acc[r][b % A]);
+            }
+        }
+        const float *bn = biases + (int64_t)n * groups;
+        const float shift = bits == 8 ? 128.0f : 0.0f;
+        for (int r = 0; r < rows; r++) {
+            __m256 t = acc[r][0];
+            for (int a = 1; a < A; a++) t = _mm256_add_ps(t, acc[r][a]);
+            y[(int64_t)r * ldy + n] = hsum256(t)
+                + dot_bias(bn, sn, shift, xg + (int64_t)r * groups, groups);
+        }
+    }
+}
+#endif
+
+#if HAVE_I8
 #define TILE_I8_CASE(R)                                                                  \
     case R:                                                                              \
         if (bits == 4) tile_i8(xq, dx, xg, R, K, w, scales, biases, G, 4, y, ldy, n0, n1); \
@@ -340,12 +432,12 @@ static int i8_checked(int K, int G, int bits, int n0, int n1, int ldy) {
     return checked(K, G, bits, n0, n1, ldy) && K % 64 == 0 && (G == 32 || G % 64 == 0);
 }
 
-/* y[r * ldy + n], n in [n0, n1), from quantize_rows' xq/dx/xg. Returns -1 where VNNI is
- * missing or the shapes do not fit (K % 64, G neither 32 nor a multiple of 64). */
+/* y[r * ldy + n], n in [n0, n1), from quantize_rows' xq/dx/xg. Returns -1 where no int8
+ * kernel was built or the shapes do not fit (K % 64, G neither 32 nor a multiple of 64). */
 int qmatmul_i8(const int8_t *xq, const float *dx, const float *xg, int rows, int K,
                const uint32_t *w, const float *scales, const float *biases, int G, int bits,
                float *y, int ldy, int n0, int n1) {
-#if HAVE_VNNI
+#if HAVE_I8
     if (!i8_checked(K, G, bits, n0, n1, ldy)) return -1;
     for (int r0 = 0; r0 < rows; r0 += ROW_TILE) {
         const int r = rows - r0 < ROW_TILE ? rows - r0 : ROW_TILE;
@@ -546,7 +638,7 @@ int qmatmul_i8_mt(const int8_t *xq, const float *dx, const float *xg, int rows, 
                   const uint32_t *w, const float *scales, const float *biases, int G,
                   int bits, float *y, int ldy, int n0, int n1, int threads) {
     if (threads > n_workers + 1) threads = n_workers + 1;
-    if (threads <= 1 || n1 - n0 <= 2 * MIN_CHUNK_COLUMNS || !HAVE_VNNI)
+    if (threads <= 1 || n1 - n0 <= 2 * MIN_CHUNK_COLUMNS || !HAVE_I8)
         return qmatmul_i8(xq, dx, xg, rows, K, w, scales, biases, G, bits, y, ldy, n0, n1);
     if (!i8_checked(K, G, bits, n0, n1, ldy)) return -1;
     set_job(NULL, xq, dx, xg, NULL, rows, K, w, scales, biases, G, bits, y, ldy, n0, n1);
