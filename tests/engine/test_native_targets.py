@@ -1,6 +1,7 @@
 """The CPU kernels' other instruction-set paths on this machine: the kernel tests again in a
 process whose kernels are built for an older x86 target (MLXD_NATIVE_MARCH), so an AVX-512
-machine also runs the AVX2 paths (float and int8 activations) and the plain-C one."""
+machine also runs the AVX2 paths (float and int8 activations, the prefill without the
+AVX-512 GEMM and attention) and the plain-C one."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ import pytest
 from app.accel.cpu import native
 
 ROOT = Path(__file__).resolve().parents[2]
-KERNEL_TESTS = ["tests/engine/test_quantized_kernels.py", "tests/engine/test_llama_decoder.py"]
+KERNEL_TESTS = ["tests/engine/test_quantized_kernels.py", "tests/engine/test_llama_decoder.py",
+                "tests/unit/test_cpu_kernels.py"]
 
 
 @pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64") or native._compiler() is None,

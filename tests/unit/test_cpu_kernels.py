@@ -79,3 +79,25 @@ def test_attention_matches_mlx_sdpa(b: int, h: int, hkv: int, length: int, s: in
     got = cpu_kernels.attention(q, k, v, None, 0.25, m)
     assert got.shape == want.shape
     assert mx.allclose(got, want, atol=2e-5).item()
+
+
+@pytest.mark.parametrize(("h", "hkv", "length", "s", "d"), [
+    (9, 3, 521, 1033, 64),   # a second chunk over the first, SmolLM2's heads
+    (8, 2, 33, 33, 128),     # a chunk of its own, a block of rows past a multiple of 6
+    (4, 4, 7, 50, 32),       # few rows over a cached prefix, keys past a multiple of 32
+])
+def test_native_causal_prefill_reads_a_cache_slice_in_place(h: int, hkv: int, length: int,
+                                                            s: int, d: int) -> None:
+    from app.accel.cpu import native
+    lib = native.library()
+    if lib is None or not lib.prefill_attention_available():
+        pytest.skip("the native prefill attention needs AVX-512")
+    keys = mx.random.split(mx.random.key(s), 3)
+    q = mx.random.normal((1, h, length, d), key=keys[0])
+    buf_k = mx.random.normal((1, hkv, s + 64, d), key=keys[1])  # a cache buffer, sliced
+    buf_v = mx.random.normal((1, hkv, s + 64, d), key=keys[2])
+    k, v = buf_k[:, :, :s], buf_v[:, :, :s]
+    got = cpu_kernels.causal_prefill_native(q, k, v, d ** -0.5)
+    assert got is not None
+    want = mx.fast.scaled_dot_product_attention(q, k, v, scale=d ** -0.5, mask="causal")
+    assert mx.allclose(got, want, atol=2e-5).item()

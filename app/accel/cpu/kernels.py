@@ -26,7 +26,8 @@ import mlx.core as mx
 import numpy as np
 from mlx_lm.models.base import scaled_dot_product_attention as mlx_lm_attention
 
-from app.accel.cpu.threads import run_parts, split_range
+from app.accel.cpu import native
+from app.accel.cpu.threads import run_parts, split_range, workers
 
 logger = logging.getLogger(__name__)
 
@@ -233,6 +234,44 @@ def _masked(scores: mx.array, mask: mx.array | str | None, rows: slice, s: int,
     return mx.where(m, scores, MASKED) if m.dtype == mx.bool_ else scores + m
 
 
+def causal_prefill_native(queries: mx.array, keys: mx.array, values: mx.array,
+                          scale: float) -> mx.array | None:
+    """One sequence's causal prefill attention through native/prefill_attention.c (scores
+    kept in registers, online softmax), or None where it does not apply (no AVX-512 build,
+    a batch, a head size it does not take, a K/V layout it cannot read in place)."""
+    lib = native.library()
+    if lib is None or not lib.prefill_attention_available() or queries.shape[0] != 1:
+        return None
+    _, h, length, d = queries.shape
+    hkv, s = keys.shape[1], keys.shape[2]
+    if d % 16 or d > 256 or h % hkv or length > s:
+        return None
+    mx.eval(queries, keys, values)
+    q = np.ascontiguousarray(np.asarray(queries[0]), dtype=np.float32)
+    k, v = _heads_in_place(keys), _heads_in_place(values)
+    if k is None or v is None or k.strides != v.strides:
+        return None
+    out = np.empty((h, length, d), np.float32)
+    rc = lib.prefill_attend(q.ctypes.data, h, length, d, k.ctypes.data, v.ctypes.data,
+                            k.strides[0] // 4, hkv, s, float(scale), out.ctypes.data,
+                            lib.qmatmul_threads(workers()))
+    if rc == -2:
+        raise MemoryError("no memory for the prefill attention's key panel")
+    if rc != 0:
+        return None
+    return mx.array(out)[None]
+
+
+def _heads_in_place(x: mx.array) -> np.ndarray | None:
+    """[Hkv, S, d] float32 numpy view of x [1, Hkv, S, d] whose rows are contiguous (a
+    slice of the cache's buffer qualifies), or None."""
+    a = np.asarray(x[0])
+    if a.dtype != np.float32 or a.strides[2] != 4 or a.strides[1] != 4 * a.shape[2] or \
+            a.strides[0] % 4:
+        return None
+    return a
+
+
 def attention(queries: mx.array, keys: mx.array, values: mx.array, cache: Any,
               scale: float, mask: mx.array | str | None, sinks: mx.array | None = None,
               ) -> mx.array:
@@ -257,6 +296,10 @@ def attention(queries: mx.array, keys: mx.array, values: mx.array, cache: Any,
         probs = softmax(_masked(scores, mask, slice(0, length), s, length))
         return (probs.reshape(b, hkv, rep * length, s) @ values).reshape(b, h, length, d)
     causal = isinstance(mask, str) and mask == "causal"
+    if causal:
+        out = causal_prefill_native(queries, keys, values, scale)
+        if out is not None:
+            return out
     rows_per_block = max(1, BLOCK_SCORES // (b * h * s))
     if causal:
         rows_per_block = min(rows_per_block, CAUSAL_BLOCK_ROWS)

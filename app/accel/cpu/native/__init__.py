@@ -22,7 +22,8 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 HERE = Path(__file__).parent
-SOURCES = (HERE / "qmatmul.c", HERE / "decode.c", HERE / "qgemm.c")
+SOURCES = (HERE / "qmatmul.c", HERE / "decode.c", HERE / "qgemm.c",
+           HERE / "prefill_attention.c")
 HEADERS = (HERE / "pool.h",)
 FLAGS = ("-O3", "-shared", "-fPIC", "-std=gnu11", "-pthread")
 # MLXD_NATIVE_MARCH=haswell (or x86-64, ...): build for that target instead of this CPU, to
@@ -145,5 +146,10 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.qgemm_available.restype = i
     lib.qgemm.argtypes = [ptr, i, i, ptr, ptr, ptr, i, i, i, ptr, i]
     lib.qgemm.restype = i
+    lib.prefill_attention_available.argtypes = []
+    lib.prefill_attention_available.restype = i
+    lib.prefill_attend.argtypes = [ptr, i, i, i, ptr, ptr, ctypes.c_int64, i, i,
+                                   ctypes.c_float, ptr, i]
+    lib.prefill_attend.restype = i
     lib.qmatmul_step.argtypes = [i]
     lib.qmatmul_step.restype = None
