@@ -69,8 +69,9 @@ class Settings(BaseSettings):
     dequantizes one layer at a time); False = widened to float32 at load (faster prefill,
     ~5x the memory, slower decode)."""
     cpu_int8_activations: bool = False
-    """With packed weights on a CPU with AVX-512 VNNI: decode steps round activations to
-    int8 per block of 32, as llama.cpp does: faster, but each matmul moves by ~0.5%, and
+    """With packed weights on a CPU with AVX-512 VNNI or AVX2: decode steps round
+    activations to int8 per block of 32, as llama.cpp does: fewer instructions a weight
+    (faster on some CPUs, not on all: measure), but each matmul moves by ~0.5%, and
     SmolLM2-135M's greedy replies then part from the float path's within a few tokens on
     3 of 4 fixed prompts. Off: float activations over the dequantized weights, the same
     greedy tokens as the model widened to float32."""

@@ -139,7 +139,7 @@ def test_numpy_attention_where_the_kernels_are_missing(model: Any) -> None:
         tokens = want.argmax(-1)
 
 
-@pytest.mark.parametrize("head_dim", [40, 64, 96])
+@pytest.mark.parametrize("head_dim", [40, 64, 96, 128])
 def test_attention_kernel_against_numpy(head_dim: int) -> None:
     """Left padding skipped, grouped heads, head sizes off the vector width."""
     from app.accel.cpu import native

@@ -34,6 +34,17 @@ def test_softmax_and_swiglu_match_mlx() -> None:
     assert mx.allclose(cpu_kernels.swiglu(g, x), nn.silu(g) * x, atol=1e-5).item()
 
 
+def test_prefill_sized_swiglu_matches_mlx() -> None:
+    """A prefill's gate (past NATIVE_SWIGLU_MIN floats: the C kernel where it is built),
+    large magnitudes included, where exp over- and underflows."""
+    g = mx.random.normal((1, 300, 768), key=mx.random.key(1)) * 30
+    x = mx.random.normal((1, 300, 768), key=mx.random.key(2))
+    assert g.size >= cpu_kernels.NATIVE_SWIGLU_MIN
+    got = cpu_kernels.swiglu(g, x)
+    assert got.shape == g.shape and got.dtype == mx.float32
+    assert mx.allclose(got, nn.silu(g) * x, atol=1e-5, rtol=1e-5).item()
+
+
 def test_gelu_matches_exact_gelu() -> None:
     x = mx.array(np.linspace(-12.0, 12.0, 100_001, dtype=np.float32))
     assert mx.allclose(cpu_kernels.gelu(x), nn.gelu(x), atol=1e-6).item()

@@ -26,7 +26,7 @@ import mlx.core as mx
 import numpy as np
 from mlx_lm.models.base import scaled_dot_product_attention as mlx_lm_attention
 
-from app.accel.cpu import native
+from app.accel.cpu import buffers, native
 from app.accel.cpu.threads import run_parts, split_range, workers
 
 logger = logging.getLogger(__name__)
@@ -100,10 +100,33 @@ def _silu_times(gate: mx.array, exp_neg_gate: mx.array, x: mx.array) -> mx.array
 
 
 def swiglu(gate: mx.array, x: mx.array) -> mx.array:
-    """silu(gate) * x, as mlx-lm's `swiglu`."""
+    """silu(gate) * x, as mlx-lm's `swiglu`; a prefill's (at least NATIVE_SWIGLU_MIN
+    floats) through the C kernel over the cores, where MLX's generated loop runs on one."""
     if gate.dtype != mx.float32:
         return gate * mx.sigmoid(gate) * x
+    if gate.size >= NATIVE_SWIGLU_MIN and gate.shape == x.shape:
+        out = _swiglu_native(gate, x)
+        if out is not None:
+            return out
     return _silu_times(gate, fast_exp(-gate), x)
+
+
+NATIVE_SWIGLU_MIN = 1 << 16
+SILU_PIECE = 256  # native/decode.c's unit of work
+
+
+def _swiglu_native(gate: mx.array, x: mx.array) -> mx.array | None:
+    lib = native.library()
+    if lib is None or gate.size % SILU_PIECE or x.dtype != mx.float32:
+        return None
+    mx.eval(gate, x)
+    g, u = np.asarray(gate), np.asarray(x)
+    if not (g.flags.c_contiguous and u.flags.c_contiguous):
+        return None
+    out, view = buffers.output(g.shape)
+    lib.silu_mul_mt(g.ctypes.data, u.ctypes.data, g.size, view.ctypes.data,
+                    lib.qmatmul_threads(workers()))
+    return buffers.result(out, view)
 
 
 # Abramowitz & Stegun 7.1.26: erf(z) = 1 - (a1 t + ... + a5 t^5) e^{-z^2}, t = 1/(1 + p z),
@@ -251,15 +274,15 @@ def causal_prefill_native(queries: mx.array, keys: mx.array, values: mx.array,
     k, v = _heads_in_place(keys), _heads_in_place(values)
     if k is None or v is None or k.strides != v.strides:
         return None
-    out = np.empty((h, length, d), np.float32)
+    out, view = buffers.output((1, h, length, d))
     rc = lib.prefill_attend(q.ctypes.data, h, length, d, k.ctypes.data, v.ctypes.data,
-                            k.strides[0] // 4, hkv, s, float(scale), out.ctypes.data,
+                            k.strides[0] // 4, hkv, s, float(scale), view.ctypes.data,
                             lib.qmatmul_threads(workers()))
     if rc == -2:
         raise MemoryError("no memory for the prefill attention's key panel")
     if rc != 0:
         return None
-    return mx.array(out)[None]
+    return buffers.result(out, view)
 
 
 def _heads_in_place(x: mx.array) -> np.ndarray | None:

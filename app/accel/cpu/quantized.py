@@ -20,7 +20,7 @@ from typing import Any
 import mlx.core as mx
 import numpy as np
 
-from app.accel.cpu import native
+from app.accel.cpu import buffers, native
 from app.accel.cpu.threads import workers
 
 CHUNK = 32  # the kernel's unit of inputs
@@ -96,22 +96,22 @@ class QuantizedWeight:
         if rc != 0:
             raise ValueError("dequantize refused its arguments")
 
-    def gemm(self, x: np.ndarray) -> np.ndarray:
+    def gemm(self, x: np.ndarray) -> mx.array:
         """x [M, n_in] float32 @ W.T for many rows (a prefill chunk), W dequantized a tile
         at a time inside the kernel (native/qgemm.c; needs `gemm_available()`)."""
         lib = native.library()
-        assert lib is not None
+        assert lib is not None and x.shape[-1] == self.n_in
         x = np.ascontiguousarray(x, dtype=np.float32)
-        out = np.empty((x.shape[0], self.n_out), np.float32)
+        out, view = buffers.output((x.shape[0], self.n_out))
         rc = lib.qgemm(x.ctypes.data, x.shape[0], self.n_in, self.packed.ctypes.data,
                        self.scales.ctypes.data, self.biases.ctypes.data, self.n_out,
-                       self.group_size, self.bits, out.ctypes.data,
+                       self.group_size, self.bits, view.ctypes.data,
                        lib.qmatmul_threads(workers()))
         if rc == -2:
             raise MemoryError("no memory for the quantized GEMM's buffers")
         if rc != 0:
             raise ValueError("the quantized GEMM refused its arguments")
-        return out
+        return buffers.result(out, view)
 
     def rows(self, index: np.ndarray) -> np.ndarray:
         """Rows `index` of W dequantized to float32 (an embedding lookup)."""

@@ -103,7 +103,7 @@ def _dense_matmul(module: Any, x: mx.array) -> mx.array | None:
     if native is not None and quantized.gemm_available():
         x32 = x.astype(mx.float32).reshape(-1, x.shape[-1])
         mx.eval(x32)
-        y = mx.array(native.gemm(np.asarray(x32))).reshape(*x.shape[:-1], native.n_out)
+        y = native.gemm(np.asarray(x32)).reshape(*x.shape[:-1], native.n_out)
     else:
         y = x.astype(mx.float32) @ _dense(module).T
     if "bias" in module:

@@ -138,6 +138,8 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.rms_norm.restype = None
     lib.swiglu.argtypes = [ptr, i, i, ptr]
     lib.swiglu.restype = None
+    lib.silu_mul_mt.argtypes = [ptr, ptr, ctypes.c_int64, ptr, i]
+    lib.silu_mul_mt.restype = None
     lib.rope_store.argtypes = [ptr, i, i, i, i, ptr, ptr, ptr, ptr, ptr, ctypes.c_int64, i]
     lib.rope_store.restype = None
     lib.qmatmul_parts.argtypes = [ptr, i, i, i, ptr, ptr, ptr, ptr, i, i, ptr, i]

@@ -17,6 +17,8 @@
 
 #include "pool.h"
 
+#define SILU_PIECE 256 /* floats: the unit silu_mul_mt shares out */
+
 typedef struct {
     const float *q; int H, Hkv, d; const float *keys, *values; int64_t cap;
     const int32_t *start; int end; float scale; float *out, *scratch;
@@ -87,10 +89,35 @@ static float exp_shifted(float *p, int first, int end, float top) {
     return sum;
 }
 
-/* p[s] = q . k[s] * scale for s in [first, end); four keys at a time where d % 8 == 0. */
+/* p[s] = q . k[s] * scale for s in [first, end); four keys at a time where d % 8 == 0
+ * (AVX-512: eight, d % 16 == 0; more keys at once, more independent multiply-add chains:
+ * with four each chain's latency was the limit). */
 static void scores(const float *q, const float *k, int d, int first, int end, float scale,
                    float *p) {
     int s = first;
+#if defined(__AVX512F__)
+    if (d % 16 == 0) {
+        for (; s + 8 <= end; s += 8) {
+            const float *k0 = k + (int64_t)s * d;
+            __m512 a[8];
+            for (int i = 0; i < 8; i++) a[i] = _mm512_setzero_ps();
+            for (int j = 0; j < d; j += 16) {
+                const __m512 qj = _mm512_loadu_ps(q + j);
+                for (int i = 0; i < 8; i++)
+                    a[i] = _mm512_fmadd_ps(qj, _mm512_loadu_ps(k0 + (int64_t)i * d + j), a[i]);
+            }
+            __m256 h[8];  /* each key's 16 lanes folded to 8 */
+            for (int i = 0; i < 8; i++)
+                h[i] = _mm256_add_ps(_mm512_castps512_ps256(a[i]), _mm512_extractf32x8_ps(a[i], 1));
+            const __m256 lo = _mm256_hadd_ps(_mm256_hadd_ps(h[0], h[1]), _mm256_hadd_ps(h[2], h[3]));
+            const __m256 hi = _mm256_hadd_ps(_mm256_hadd_ps(h[4], h[5]), _mm256_hadd_ps(h[6], h[7]));
+            /* lo: keys 0-3 from the low and from the high 128-bit halves; hi: keys 4-7 */
+            const __m256 sum = _mm256_add_ps(_mm256_permute2f128_ps(lo, hi, 0x20),
+                                             _mm256_permute2f128_ps(lo, hi, 0x31));
+            _mm256_storeu_ps(p + s, _mm256_mul_ps(sum, _mm256_set1_ps(scale)));
+        }
+    }
+#endif
 #if defined(__AVX2__) && defined(__FMA__)
     if (d % 8 == 0) {
         for (; s + 4 <= end; s += 4) {
@@ -117,6 +144,30 @@ static void scores(const float *q, const float *k, int d, int first, int end, fl
 static void weighted_sum(const float *p, float inv, const float *v, int d, int first, int end,
                          float *restrict o) {
     int j0 = 0;
+#if defined(__AVX512F__)
+    /* 64 outputs in registers, keys alternating between two sets of accumulators (one
+     * set waited on its own multiply-adds' latency at every key) */
+    for (; j0 + 64 <= d; j0 += 64) {
+        __m512 a[2][4];
+        for (int i = 0; i < 4; i++) a[0][i] = a[1][i] = _mm512_setzero_ps();
+        int s = first;
+        for (; s + 2 <= end; s += 2) {
+            const __m512 w0 = _mm512_set1_ps(p[s] * inv), w1 = _mm512_set1_ps(p[s + 1] * inv);
+            const float *v0 = v + (int64_t)s * d + j0, *v1 = v0 + d;
+            for (int i = 0; i < 4; i++) {
+                a[0][i] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(v0 + 16 * i), a[0][i]);
+                a[1][i] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(v1 + 16 * i), a[1][i]);
+            }
+        }
+        if (s < end) {
+            const __m512 w0 = _mm512_set1_ps(p[s] * inv);
+            const float *v0 = v + (int64_t)s * d + j0;
+            for (int i = 0; i < 4; i++)
+                a[0][i] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(v0 + 16 * i), a[0][i]);
+        }
+        for (int i = 0; i < 4; i++) _mm512_storeu_ps(o + j0 + 16 * i, _mm512_add_ps(a[0][i], a[1][i]));
+    }
+#endif
 #if defined(__AVX2__) && defined(__FMA__)
     for (; j0 + 32 <= d; j0 += 32) {  /* 32 outputs in registers over all positions */
         __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
@@ -201,6 +252,32 @@ void swiglu(const float *gu, int rows, int I, float *out) {
 #endif
         for (; j < I; j++) o[j] = g[j] / (1.0f + expf(-g[j])) * u[j];
     }
+}
+
+/* out[i] = silu(g[i]) * u[i] for i in [a, b) of the arrays in ctx (a prefill's SwiGLU,
+ * where gate and up are separate matmul outputs). */
+typedef struct { const float *g, *u; float *out; } silu_mul_t;
+
+static void silu_mul_range(const void *ctx, int a, int b) {
+    const silu_mul_t *t = ctx;
+    const int64_t lo = (int64_t)a * SILU_PIECE, hi = (int64_t)b * SILU_PIECE;
+    int64_t i = lo;
+#if defined(__AVX2__) && defined(__FMA__)
+    const __m256 one = _mm256_set1_ps(1.0f);
+    for (; i + 8 <= hi; i += 8) {
+        const __m256 gi = _mm256_loadu_ps(t->g + i);
+        const __m256 e = exp_ps(_mm256_sub_ps(_mm256_setzero_ps(), gi));
+        _mm256_storeu_ps(t->out + i, _mm256_mul_ps(_mm256_div_ps(gi, _mm256_add_ps(one, e)),
+                                                   _mm256_loadu_ps(t->u + i)));
+    }
+#endif
+    for (; i < hi; i++) t->out[i] = t->g[i] / (1.0f + expf(-t->g[i])) * t->u[i];
+}
+
+/* out = silu(g) * u over n floats (n a multiple of SILU_PIECE), on `threads` threads. */
+void silu_mul_mt(const float *g, const float *u, int64_t n, float *out, int threads) {
+    const silu_mul_t t = {g, u, out};
+    parallel_for(silu_mul_range, &t, (int)(n / SILU_PIECE), 4, threads);
 }
 
 /* The q | k | v output of a row's projection rotated (RoPE, half-split pairs, as mlx's

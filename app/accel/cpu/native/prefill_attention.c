@@ -21,7 +21,6 @@
  */
 #include <math.h>
 #include <stdint.h>
-#include <stdlib.h>
 #include <string.h>
 
 #include "pool.h"
@@ -40,6 +39,8 @@
 int prefill_attention_available(void) { return HAVE_PREFILL_ATTENTION; }
 
 #if HAVE_PREFILL_ATTENTION
+THREAD_SCRATCH(key_panel)
+
 typedef struct {
     const float *q; int H, L, d; const float *keys, *values; int64_t head_stride;
     int Hkv, S, S_pad; float scale; float *out, *kt;
@@ -171,12 +172,11 @@ int prefill_attend(const float *q, int H, int L, int d, const float *keys,
     if (H <= 0 || Hkv <= 0 || H % Hkv || d <= 0 || d % 16 || d > MAX_D || L <= 0 || L > S)
         return -1;
     const int S_pad = (S + KB - 1) / KB * KB;
-    float *kt = aligned_alloc(64, sizeof(float) * (size_t)Hkv * d * S_pad);
+    float *kt = key_panel((size_t)Hkv * d * S_pad);
     if (kt == NULL) return -2;
     const prefill_t t = {q, H, L, d, keys, values, head_stride, Hkv, S, S_pad, scale, out, kt};
     parallel_for(pack_keys, &t, Hkv, 1, threads);
     parallel_for(attend_rows, &t, H * ((L + ROWS - 1) / ROWS), 1, threads);
-    free(kt);
     return 0;
 #else
     (void)q; (void)H; (void)L; (void)d; (void)keys; (void)values; (void)head_stride;

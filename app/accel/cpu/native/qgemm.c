@@ -17,7 +17,6 @@
  * be, and qgemm_available() says 0 so callers keep dequantize + sgemm.
  */
 #include <stdint.h>
-#include <stdlib.h>
 #include <string.h>
 
 #include "pool.h"
@@ -38,6 +37,9 @@ void dequantize_rows(const uint32_t *w, const float *scales, const float *biases
 int qgemm_available(void) { return HAVE_QGEMM; }
 
 #if HAVE_QGEMM
+THREAD_SCRATCH(tile_buffer)
+THREAD_SCRATCH(panel_buffer)
+
 typedef struct {
     const float *x; int M, K; float *xp;  /* packing */
     const uint32_t *w; const float *scales, *biases; int N, G, bits; float *y;
@@ -89,7 +91,7 @@ static inline void block(const float *xp, const float *wd, int K, float *y, int 
 static void tiles(const void *ctx, int t0, int t1) {
     const qgemm_t *t = ctx;
     const int K = t->K, panels = (t->M + MR - 1) / MR;
-    float *wd = aligned_alloc(64, sizeof(float) * (size_t)NR * K);
+    float *wd = tile_buffer((size_t)NR * K);
     if (wd == NULL) {
         __atomic_store_n(t->failed, 1, __ATOMIC_RELAXED);
         return;
@@ -104,7 +106,6 @@ static void tiles(const void *ctx, int t0, int t1) {
             block(t->xp + (int64_t)p * K * MR, wd, K, t->y, t->N, m0, rows, n0, cols);
         }
     }
-    free(wd);
 }
 #endif
 
@@ -117,13 +118,12 @@ int qgemm(const float *x, int M, int K, const uint32_t *w, const float *scales,
     if (M <= 0 || N <= 0 || K <= 0 || K % 32 || G % 32 || K % G || (bits != 4 && bits != 8))
         return -1;
     const int panels = (M + MR - 1) / MR;
-    float *xp = aligned_alloc(64, sizeof(float) * (size_t)panels * K * MR);
+    float *xp = panel_buffer((size_t)panels * K * MR);
     if (xp == NULL) return -2;
     int failed = 0;
     const qgemm_t t = {x, M, K, xp, w, scales, biases, N, G, bits, y, &failed};
     parallel_for(pack_panels, &t, panels, 1, threads);
     parallel_for(tiles, &t, (N + NR - 1) / NR, 1, threads);
-    free(xp);
     return failed ? -2 : 0;
 #else
     (void)x; (void)M; (void)K; (void)w; (void)scales; (void)biases; (void)N; (void)G;

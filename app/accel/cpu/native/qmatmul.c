@@ -464,8 +464,13 @@ int qmatmul_i8(const int8_t *xq, const float *dx, const float *xg, int rows, int
  * A call is cut into small chunks of columns that the caller and the workers claim one at
  * a time: when another process holds a worker's core, the caller does its share instead
  * of waiting for it (it waits only for a chunk a worker has already claimed).
- * `ticket` holds the call's number (high 32 bits) and its next chunk (low 32), so a worker
- * that wakes late can never claim a chunk of a later call.
+ * `ticket` holds the call's number (high 32 bits), its number of chunks (16 bits) and its
+ * next chunk (low 16), so a worker that wakes late can never claim a chunk of a later call,
+ * nor one past the end of its own: it reads the count from the ticket it claims with. (It
+ * once read job.chunks instead: a worker holding the last ticket value of a finished call
+ * could see the next call's larger count before that call's ticket was out, claim a chunk
+ * "of the old call" and run the new job half set up, or finish after the caller had moved
+ * on; a server under load crashed on it.)
  */
 #include <pthread.h>
 #include <stdatomic.h>
@@ -527,8 +532,8 @@ static void work(unsigned call) {
     for (;;) {
         unsigned long long t = atomic_load_explicit(&ticket, memory_order_acquire);
         if ((unsigned)(t >> 32) != call) return;
-        const int c = (int)(t & 0xffffffffu);
-        if (c >= job.chunks) return;
+        const int c = (int)(t & 0xffffu), chunks = (int)((t >> 16) & 0xffffu);
+        if (c >= chunks) return;
         if (!atomic_compare_exchange_weak_explicit(&ticket, &t, t + 1, memory_order_acq_rel,
                                                    memory_order_acquire))
             continue;
@@ -599,7 +604,9 @@ static void share(int threads, int min_chunk) {
     job.chunks = (job.n1 - job.n0 + chunk - 1) / chunk;
     atomic_store_explicit(&done, 0, memory_order_relaxed);
     const unsigned call = (unsigned)(atomic_load(&ticket) >> 32) + 1;
-    atomic_store_explicit(&ticket, (unsigned long long)call << 32, memory_order_release);
+    /* chunks <= threads * CHUNKS_PER_THREAD <= MAX_THREADS * 4: far inside 16 bits */
+    atomic_store_explicit(&ticket, (unsigned long long)call << 32 |
+                                   (unsigned long long)job.chunks << 16, memory_order_release);
     if (job.chunks > 1) {
         pthread_mutex_lock(&lock);
         pthread_cond_broadcast(&wake);
