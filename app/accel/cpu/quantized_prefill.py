@@ -10,9 +10,11 @@ packed one. (With MLX's elementwise ops instead, the fallback where no C compile
 dequantizing all of SmolLM2 took ~0.2 s per prefill: a 40-token prompt took 5x longer
 than from float32 weights.)
 
-Few rows (a decode step through MLX) keep MLX's own kernel, which reads only the packed
-bytes. `install(model)` swaps the model's quantized modules for these subclasses in place;
-they share the same arrays, so nothing is copied and `uninstall` restores MLX's classes.
+Few rows (a short prompt, a chunk's tail, a decode step through MLX) go through the C
+kernel of decode steps (quantized.py), which reads only the packed bytes; without the C
+kernels they keep MLX's own. `install(model)` swaps the model's quantized modules for these
+subclasses in place; they share the same arrays, so nothing is copied and `uninstall`
+restores MLX's classes.
 """
 
 from __future__ import annotations
@@ -24,11 +26,17 @@ import mlx.nn as nn
 import numpy as np
 
 from app.accel.cpu import quantized
-from app.accel.cpu.quantized import QuantizedWeight
+from app.accel.cpu.quantized import QuantizedMatmul, QuantizedWeight
 from app.accel.module_swap import swap_modules
 
-# From this many rows on, dequantize + sgemm beats MLX's quantized kernel here
+# Fewer rows than these go through qmatmul.c's few-row kernel (a decode step's, which
+# dequantizes in registers): below MIN_ROWS where the CPU has no GEMM kernel (then
+# dequantize + sgemm), below GEMM_MIN_ROWS where it has one (qgemm.c pays ~0.3 ms a call
+# to dequantize its tiles, and the few-row kernel's time grows with the rows). MLX's own
+# quantized kernel, which these rows once kept, took ~0.65 s for a 9-token chunk of
+# SmolLM2 here (bench/results/profile-cpu-prefill.md).
 MIN_ROWS = 16
+GEMM_MIN_ROWS = 48
 
 
 def dequantize(weight: mx.array, scales: mx.array, biases: mx.array, group_size: int,
@@ -93,14 +101,30 @@ def _native(module: Any) -> QuantizedWeight | None:
     return native
 
 
+def _few_rows(module: Any, native: QuantizedWeight) -> QuantizedMatmul:
+    matmul = module.__dict__.get("_mlxd_rows")
+    if matmul is None:
+        matmul = module.__dict__["_mlxd_rows"] = QuantizedMatmul([native])
+    return matmul  # type: ignore[no-any-return]
+
+
 def _dense_matmul(module: Any, x: mx.array) -> mx.array | None:
-    """x @ W.T (+ bias), evaluated: the quantized GEMM kernel where the CPU has it, else
-    through the dequantized weight and an sgemm; None where MLX's own kernel should take
-    it (few rows, or a format without biases)."""
-    if _rows(x) < MIN_ROWS or module.biases is None:
+    """x @ W.T (+ bias), evaluated: through the C kernels (few rows, or the quantized GEMM
+    where the CPU has it), else through the dequantized weight and an sgemm; None where
+    MLX's own kernel should take it (few rows without the C kernels, or a format without
+    biases)."""
+    if module.biases is None:
         return None
-    native = _native(module)
-    if native is not None and quantized.gemm_available():
+    rows, native = _rows(x), _native(module)
+    gemm = native is not None and quantized.gemm_available()
+    if native is not None and rows < (GEMM_MIN_ROWS if gemm else MIN_ROWS):
+        x32 = x.astype(mx.float32).reshape(-1, x.shape[-1])
+        mx.eval(x32)
+        y = mx.array(_few_rows(module, native)(np.asarray(x32)))
+        y = y.reshape(*x.shape[:-1], native.n_out)
+    elif rows < MIN_ROWS:
+        return None
+    elif native is not None and gemm:
         x32 = x.astype(mx.float32).reshape(-1, x.shape[-1])
         mx.eval(x32)
         y = native.gemm(np.asarray(x32)).reshape(*x.shape[:-1], native.n_out)
