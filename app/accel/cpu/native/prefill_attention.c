@@ -24,6 +24,7 @@
 #include <string.h>
 
 #include "pool.h"
+#include "vexp.h"
 
 #if defined(__AVX512F__)
 #include <immintrin.h>
@@ -45,26 +46,6 @@ typedef struct {
     const float *q; int H, L, d; const float *keys, *values; int64_t head_stride;
     int Hkv, S, S_pad; float scale; float *out, *kt;
 } prefill_t;
-
-/* exp(x), 16 at a time: 2^n * e^r, |r| <= ln2/2, degree-6 polynomial; x clamped to
- * [-87, 88]. The same reduction as decode.c's 8-wide one. */
-static inline __m512 exp512(__m512 x) {
-    x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.0f)), _mm512_set1_ps(88.0f));
-    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504f)),
-                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-    p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
-    const __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n),
-                                                         _mm512_set1_epi32(127)), 23);
-    return _mm512_mul_ps(p, _mm512_castsi512_ps(e));
-}
 
 /* kv heads [a, b): kt[h][c][j] = keys[h][j][c], zero for j >= S. */
 static void pack_keys(const void *ctx, int a, int b) {
