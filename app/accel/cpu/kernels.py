@@ -10,8 +10,8 @@ polynomial, 2^n assembled in the exponent bits), which `mx.compile` fuses into o
 generated loop: ~2-4 ns per element, relative error < 1e-7 (mx.exp's own is ~2e-6).
 `softmax`, `swiglu`, `gelu` and `attention` are built on it, except that a long prefill's
 attention hands its softmax to numpy in blocks (the sync is cheap next to that much work),
-and where the C kernels have AVX-512 a single sequence's causal prefill attention and a
-prefill's SwiGLU run in C instead (native/prefill_attention.c, native/decode.c).
+and with the C kernels a prefill's SwiGLU and (AVX-512) a single sequence's causal
+prefill attention run in C instead (native/decode.c, native/prefill_attention.c).
 Measurements: bench/results/micro-cpu-kernels.md.
 
 `app/accel/cpu/mlx_lm_patch.py` routes mlx-lm's model modules to `attention` and
