@@ -83,3 +83,13 @@ def test_group_respects_free_batch_slots() -> None:
     for n in (5, 6, 7):
         s.add(FakeSeq(n))
     assert len(s.plan().prefill) == 2
+
+
+def test_a_short_tail_goes_with_the_chunk_before_it() -> None:
+    s = Scheduler(idle_chunk=512, idle_chunk_seconds=1.0)
+    s.observe_prefill(5000, 1.0)
+    seq = FakeSeq(521)  # 512 would leave 9: one forward for 9 tokens
+    s.add(seq)
+    assert s.plan().chunk == 521
+    seq.prefill_remaining = 512 + 64  # 64 = 512 / 8 left behind: a chunk of its own
+    assert s.plan().chunk == 512
