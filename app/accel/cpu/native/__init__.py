@@ -24,7 +24,7 @@ logger = logging.getLogger(__name__)
 HERE = Path(__file__).parent
 SOURCES = (HERE / "qmatmul.c", HERE / "decode.c", HERE / "qgemm.c",
            HERE / "prefill_attention.c")
-HEADERS = (HERE / "pool.h", HERE / "vexp.h")
+HEADERS = (HERE / "pool.h", HERE / "simd.h")
 FLAGS = ("-O3", "-shared", "-fPIC", "-std=gnu11", "-pthread")
 # MLXD_NATIVE_MARCH=haswell (or x86-64, ...): build for that target instead of this CPU, to
 # run the AVX2 and plain-C paths on a machine that has AVX-512 (the tests do)

@@ -16,7 +16,7 @@
 #endif
 
 #include "pool.h"
-#include "vexp.h"
+#include "simd.h"
 
 #define SILU_PIECE 256 /* floats: the unit silu_mul_mt shares out */
 
@@ -25,13 +25,6 @@ typedef struct {
     const int32_t *start; int end; float scale; float *out, *scratch;
 } attend_t;
 
-#if defined(__AVX2__) && defined(__FMA__)
-static inline float hsum(__m256 t) {
-    const __m128 h = _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));
-    const __m128 p = _mm_add_ps(h, _mm_movehl_ps(h, h));
-    return _mm_cvtss_f32(_mm_add_ss(p, _mm_shuffle_ps(p, p, 1)));
-}
-#endif
 
 static inline float dot(const float *a, const float *b, int d) {
     int j = 0;
@@ -42,7 +35,7 @@ static inline float dot(const float *a, const float *b, int d) {
         acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + j), _mm256_loadu_ps(b + j), acc0);
         acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + j + 8), _mm256_loadu_ps(b + j + 8), acc1);
     }
-    sum = hsum(_mm256_add_ps(acc0, acc1));
+    sum = hsum8(_mm256_add_ps(acc0, acc1));
 #endif
     for (; j < d; j++) sum += a[j] * b[j];
     return sum;
@@ -236,11 +229,12 @@ void swiglu(const float *gu, int rows, int I, float *out) {
 
 /* out[i] = silu(g[i]) * u[i] for i in [a, b) of the arrays in ctx (a prefill's SwiGLU,
  * where gate and up are separate matmul outputs). */
-typedef struct { const float *g, *u; float *out; } silu_mul_t;
+typedef struct { const float *g, *u; float *out; int64_t n; } silu_mul_t;
 
 static void silu_mul_range(const void *ctx, int a, int b) {
     const silu_mul_t *t = ctx;
-    const int64_t lo = (int64_t)a * SILU_PIECE, hi = (int64_t)b * SILU_PIECE;
+    const int64_t lo = (int64_t)a * SILU_PIECE;
+    const int64_t hi = (int64_t)b * SILU_PIECE < t->n ? (int64_t)b * SILU_PIECE : t->n;
     int64_t i = lo;
 #if defined(__AVX2__) && defined(__FMA__)
     const __m256 one = _mm256_set1_ps(1.0f);
@@ -254,10 +248,10 @@ static void silu_mul_range(const void *ctx, int a, int b) {
     for (; i < hi; i++) t->out[i] = t->g[i] / (1.0f + expf(-t->g[i])) * t->u[i];
 }
 
-/* out = silu(g) * u over n floats (n a multiple of SILU_PIECE), on `threads` threads. */
+/* out = silu(g) * u over n floats, on `threads` threads. */
 void silu_mul_mt(const float *g, const float *u, int64_t n, float *out, int threads) {
-    const silu_mul_t t = {g, u, out};
-    parallel_for(silu_mul_range, &t, (int)(n / SILU_PIECE), 4, threads);
+    const silu_mul_t t = {g, u, out, n};
+    parallel_for(silu_mul_range, &t, (int)((n + SILU_PIECE - 1) / SILU_PIECE), 4, threads);
 }
 
 /* The q | k | v output of a row's projection rotated (RoPE, half-split pairs, as mlx's

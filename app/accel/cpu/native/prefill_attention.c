@@ -24,7 +24,7 @@
 #include <string.h>
 
 #include "pool.h"
-#include "vexp.h"
+#include "simd.h"
 
 #if defined(__AVX512F__)
 #include <immintrin.h>

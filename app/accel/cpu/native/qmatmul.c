@@ -24,6 +24,8 @@
 #include <immintrin.h>
 #endif
 
+#include "simd.h"
+
 #define ROW_TILE 8
 #define CHUNK 32
 
@@ -118,9 +120,7 @@ tile(const float *x, const int rows, int K, const uint8_t *w, const float *scale
         for (int r = 0; r < rows; r++) {
             __m256 t = acc[r][0];
             for (int a = 1; a < A; a++) t = _mm256_add_ps(t, acc[r][a]);
-            const __m128 q = _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));
-            const __m128 d = _mm_add_ps(q, _mm_movehl_ps(q, q));
-            y[(int64_t)r * ldy + n] = _mm_cvtss_f32(_mm_add_ss(d, _mm_shuffle_ps(d, d, 1)));
+            y[(int64_t)r * ldy + n] = hsum8(t);
         }
 #else
         float acc[ROW_TILE];
@@ -338,12 +338,6 @@ tile_i8(const int8_t *xq, const float *dx, const float *xg, const int rows, int 
     }
 }
 #elif HAVE_I8_AVX2
-static inline float hsum256(__m256 t) {
-    const __m128 q = _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));
-    const __m128 d = _mm_add_ps(q, _mm_movehl_ps(q, q));
-    return _mm_cvtss_f32(_mm_add_ss(d, _mm_shuffle_ps(d, d, 1)));
-}
-
 /* sum_g (b[g] + shift * s[g]) xg[g]: the bias term (shift 128 for 8-bit's signed weights) */
 static inline float dot_bias(const float *bn, const float *sn, float shift, const float *xg,
                              int groups) {
@@ -354,7 +348,7 @@ static inline float dot_bias(const float *bn, const float *sn, float shift, cons
                                          _mm256_loadu_ps(bn + g));
         acc = _mm256_fmadd_ps(b, _mm256_loadu_ps(xg + g), acc);
     }
-    float sum = hsum256(acc);
+    float sum = hsum8(acc);
     for (; g < groups; g++) sum += (bn[g] + shift * sn[g]) * xg[g];
     return sum;
 }
@@ -402,7 +396,7 @@ tile_i8(const int8_t *xq, const float *dx, const float *xg, const int rows, int 
         for (int r = 0; r < rows; r++) {
             __m256 t = acc[r][0];
             for (int a = 1; a < A; a++) t = _mm256_add_ps(t, acc[r][a]);
-            y[(int64_t)r * ldy + n] = hsum256(t)
+            y[(int64_t)r * ldy + n] = hsum8(t)
                 + dot_bias(bn, sn, shift, xg + (int64_t)r * groups, groups);
         }
     }

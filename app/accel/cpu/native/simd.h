@@ -1,9 +1,13 @@
-/* exp(x) on float vectors for the kernels here: 2^n * e^r with n = round(x / ln 2),
- * |r| <= ln2/2, e^r from a degree-6 polynomial (a couple of float32 ulps); x clamped to
- * [-87, 88], where float32's exponent ends. The same reduction and coefficients as
- * kernels.py's fast_exp; 8 lanes (AVX2) and 16 (AVX-512). */
-#ifndef MLXD_VEXP_H
-#define MLXD_VEXP_H
+/* Small vector helpers the kernels here share.
+ *
+ * hsum8: the sum of 8 float lanes (halves, then pairs, then the last two).
+ *
+ * exp(x) on float vectors: 2^n * e^r with n = round(x / ln 2), |r| <= ln2/2, e^r from a
+ * degree-6 polynomial (a couple of float32 ulps); x clamped to [-87, 88], where float32's
+ * exponent ends. The same reduction and coefficients as kernels.py's fast_exp; 8 lanes
+ * (AVX2) and 16 (AVX-512). */
+#ifndef MLXD_SIMD_H
+#define MLXD_SIMD_H
 
 #if defined(__AVX2__) || defined(__AVX512F__)
 #include <immintrin.h>
@@ -22,6 +26,12 @@
 #define VEXP_C0 5.0000001201e-1f
 
 #if defined(__AVX2__) && defined(__FMA__)
+static inline float hsum8(__m256 t) {
+    const __m128 h = _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));
+    const __m128 p = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    return _mm_cvtss_f32(_mm_add_ss(p, _mm_shuffle_ps(p, p, 1)));
+}
+
 static inline __m256 exp_ps(__m256 x) {
     x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(VEXP_MIN)), _mm256_set1_ps(VEXP_MAX));
     const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(VEXP_LOG2E)),
