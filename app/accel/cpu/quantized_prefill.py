@@ -101,11 +101,12 @@ def _native(module: Any) -> QuantizedWeight | None:
     return native
 
 
-def _float_rows(x: mx.array) -> np.ndarray:
-    """x as evaluated float32 rows [-1, x.shape[-1]], a numpy view for the C kernels."""
+def _float_rows(x: mx.array) -> mx.array:
+    """x as evaluated float32 rows [-1, x.shape[-1]] for the C kernels (the caller keeps
+    it while a numpy view of it is in use)."""
     x32 = x.astype(mx.float32).reshape(-1, x.shape[-1])
     mx.eval(x32)
-    return np.asarray(x32)
+    return x32
 
 
 def _few_rows(module: Any, native: QuantizedWeight) -> QuantizedMatmul:
@@ -125,12 +126,14 @@ def _dense_matmul(module: Any, x: mx.array) -> mx.array | None:
     rows, native = _rows(x), _native(module)
     gemm = native is not None and quantized.gemm_available()
     if native is not None and rows < (GEMM_MIN_ROWS if gemm else MIN_ROWS):
-        y = mx.array(_few_rows(module, native)(_float_rows(x)))
+        x32 = _float_rows(x)
+        y = mx.array(_few_rows(module, native)(np.asarray(x32)))
         y = y.reshape(*x.shape[:-1], native.n_out)
     elif rows < MIN_ROWS:
         return None
     elif native is not None and gemm:
-        y = native.gemm(_float_rows(x)).reshape(*x.shape[:-1], native.n_out)
+        x32 = _float_rows(x)
+        y = native.gemm(np.asarray(x32)).reshape(*x.shape[:-1], native.n_out)
     else:
         y = x.astype(mx.float32) @ _dense(module).T
     if "bias" in module:
