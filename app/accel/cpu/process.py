@@ -1,6 +1,6 @@
 """Process settings for MLX on a Linux CPU, applied before OpenBLAS and MLX load.
 
-Two measured problems on a small shared CPU (2 cores here), both outside MLX's control:
+Measured problems on a small shared CPU (2 cores here), all outside MLX's control:
 
 - glibc hands large freed blocks straight back to the kernel (mmap threshold, heap trim),
   so every big MLX temporary of a prefill (attention scores, MLP activations) is page-
@@ -8,12 +8,19 @@ Two measured problems on a small shared CPU (2 cores here), both outside MLX's c
   element that way and 5.6 ns with the thresholds raised (bench/results/micro-cpu-kernels.md).
   Freed memory now stays in the process for reuse; the peak is bounded by what the largest
   step allocates anyway.
+- glibc gives each thread that allocates an arena of its own, and the idle release's
+  malloc_trim (app/engine/memory.py) returns free memory at the top of the main heap but
+  not at the top of a per-thread arena's heap: with the engine thread, the C kernels'
+  workers and numpy each holding one, an idle server's RSS swung by ~60 MB from one idle
+  moment to the next (tests/e2e/test_load.py). One arena keeps it flat; the engine thread
+  makes nearly all the large allocations, so the shared lock costs little.
 - OpenBLAS's worker threads spin ~0.1 s (2^28 cycles) after each call before sleeping. A
   decode step calls sgemm ~200 times, so the spinning never stops and takes the core the
   HTTP event loop and the engine thread need; 8-stream aggregate throughput rose ~20% with a
   short spin (OPENBLAS_THREAD_TIMEOUT, read once when OpenBLAS loads).
 
-Both are defaults: an explicit environment value wins, MLXD_CPU_TUNING=0 turns this off.
+These are defaults: an explicit environment value (OPENBLAS_THREAD_TIMEOUT, MALLOC_ARENA_MAX)
+wins, MLXD_CPU_TUNING=0 turns this off.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ ENV_DISABLE = "MLXD_CPU_TUNING"
 # glibc mallopt parameters (malloc.h).
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
+M_ARENA_MAX = -8
 # glibc caps the mmap threshold at 32 MiB on 64-bit (HEAP_MAX_SIZE / 2); blocks above it
 # are mmapped regardless. Trim only when more than 1 GiB sits free at the top of the heap.
 MMAP_THRESHOLD_BYTES = 32 << 20
@@ -57,9 +65,10 @@ def configure() -> dict[str, str]:
     os.environ.setdefault(OPENBLAS_SPIN_ENV, OPENBLAS_SPIN_LOG2_CYCLES)
     _applied[OPENBLAS_SPIN_ENV] = os.environ[OPENBLAS_SPIN_ENV]
     if _mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES) and \
-            _mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES):
+            _mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES) and \
+            ("MALLOC_ARENA_MAX" in os.environ or _mallopt(M_ARENA_MAX, 1)):
         _applied["malloc"] = (f"mmap>{MMAP_THRESHOLD_BYTES >> 20}MiB "
-                              f"trim>{TRIM_THRESHOLD_BYTES >> 30}GiB")
+                              f"trim>{TRIM_THRESHOLD_BYTES >> 30}GiB arenas=1")
     return _applied
 
 
