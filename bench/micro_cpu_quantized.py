@@ -7,7 +7,8 @@ default GGUF (SmolLM2-135M Q4_1) widened to float32 at load against kept packed.
    `CpuLlamaDecoder` over float32 panels against the same decoder over the C kernels.
 2. One 512-token prefill chunk through mlx-lm: float32 sgemm against dequantize + sgemm.
 3. Bytes of weights the model holds.
-`--int8` adds packed weights with int8 activations (`cpu_int8_activations`) as a third mode.
+`--int8` adds packed weights with int8 activations (`cpu_int8_activations`) as a third mode;
+`--loop` the packed decoder's per-layer Python loop (what native/step.c replaced) as one more.
 Modes alternate within each repetition, so the machine's load hits both alike.
 """
 
@@ -70,6 +71,8 @@ def cases() -> tuple[dict[str, dict[str, Callable[[], object]]], dict[str, int]]
         print(f"{mode}: {accelerate_chat(loaded, settings)}", flush=True)
         model, dec = loaded.model, loaded.decode_step
         assert dec is not None
+        if mode == "loop":
+            dec._fused = None  # type: ignore[attr-defined]
         weights[mode] = sum(v.nbytes for _, v in tree_flatten(model.parameters()))
         for b in (1, 4, 8):
             out.setdefault(f"decode step, batch {b}", {})[mode] = _step(model, dec, b)
@@ -82,9 +85,12 @@ def main() -> None:
     p.add_argument("--out", default="micro-cpu-quantized.md")
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--int8", action="store_true", help="a third mode: int8 activations")
+    p.add_argument("--loop", action="store_true", help="a mode: the per-layer Python loop")
     args = p.parse_args()
     if args.int8:
         MODES.append("int8")
+    if args.loop:
+        MODES.append("loop")
     table, weights = cases()
     results = {name: {m: [] for m in MODES} for name in table}  # type: ignore[var-annotated]
     for rep in range(args.reps):
@@ -96,7 +102,7 @@ def main() -> None:
                 f"{m} {results[name][m][-1]:.2f} ms" for m in MODES), flush=True)
     lines = ["# SmolLM2-135M Q4_1 on the CPU: float32 at load against packed weights", "",
              f"`bench/micro_cpu_quantized.py --reps {args.reps}"
-             f"{' --int8' if args.int8 else ''}` · "
+             f"{' --int8' if args.int8 else ''}{' --loop' if args.loop else ''}` · "
              f"{time.strftime('%Y-%m-%d %H:%M:%S')} · load avg {load_avg()} · "
              f"mlx {mx.__version__}", "",
              f"Milliseconds, median of {CALLS} calls (prefill: 3) per repetition; the table "
@@ -107,6 +113,9 @@ def main() -> None:
                  f"{weights['float32'] / weights['quantized']:.2f}x |")
     if args.int8:
         lines += ["", *pair_table(results, "quantized", "int8", ("packed", "packed, int8 x"))]
+    if args.loop:
+        lines += ["", *pair_table(results, "loop", "quantized",
+                                  ("packed, layer loop", "packed, one C call"))]
     lines.append("")
     lines.append("float32 decode steps also hold a panel copy of the weights (not counted).")
     print("\n".join(lines))

@@ -152,6 +152,9 @@ def main() -> None:
     print(accelerate_chat(loaded, Settings()), flush=True)
     dec = loaded.decode_step
     assert dec is not None
+    # the parts are timed in the per-layer loop; native/step.c runs the same kernels in one
+    # call (bench/micro_cpu_quantized.py --loop compares the two)
+    dec._fused = None  # type: ignore[attr-defined]
     lines = ["# One numpy decode step of SmolLM2-135M Q4_1 (packed weights), by part", "",
              f"`bench/profile_cpu_decode.py --steps {args.steps}` · "
              f"{time.strftime('%Y-%m-%d %H:%M:%S')} · load avg {load_avg()} · "

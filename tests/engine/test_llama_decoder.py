@@ -129,7 +129,7 @@ def test_numpy_attention_where_the_kernels_are_missing(model: Any) -> None:
     """The C attention (native/decode.c) and numpy's, on the same steps."""
     with_c, plain = CpuLlamaDecoder.build(model), CpuLlamaDecoder.build(model)
     assert with_c is not None and plain is not None and with_c._native is not None
-    plain._native = None
+    plain._native, plain._fused = None, None
     prompts = [_prompt(3, 40), _prompt(4, 9)]
     a, b = _batch(model, prompts), _batch(model, prompts)
     tokens = np.array([5, 6])
@@ -137,6 +137,35 @@ def test_numpy_attention_where_the_kernels_are_missing(model: Any) -> None:
         got, want = with_c.step(tokens, a), plain.step(tokens, b)
         _assert_close(got, want)
         tokens = want.argmax(-1)
+
+
+def test_fused_step_gives_the_layer_loops_logits(model: Any) -> None:
+    """native/step.c runs the same kernels in the same order as the per-layer loop: the
+    same logits to the bit, through a join and a leave."""
+    fused, loop = CpuLlamaDecoder.build(model), CpuLlamaDecoder.build(model)
+    assert fused is not None and loop is not None
+    quantized = any(isinstance(m, nn.QuantizedLinear) for _, m in model.named_modules())
+    per_head_norms = getattr(model.layers[0].self_attn, "q_norm", None) is not None
+    if fused._native is None:
+        pytest.skip("no C kernels")
+    assert (fused._fused is not None) == (quantized and not per_head_norms)
+    if fused._fused is None:
+        return
+    loop._fused = None
+    prompts = [_prompt(5, 33), _prompt(6, 12), _prompt(7, 20)]
+    a, b = _batch(model, prompts), _batch(model, prompts)
+    tokens = np.array([5, 6, 7])
+    for step in range(6):
+        got, want = fused.step(tokens, a), loop.step(tokens, b)
+        np.testing.assert_array_equal(got, want)
+        tokens = want.argmax(-1)
+        if step == 2:
+            for c in (*a, *b):
+                c.filter([0, 2])
+            tokens = tokens[[0, 2]]
+    for ca, cb in zip(a, b, strict=True):
+        np.testing.assert_array_equal(np.array(ca.keys), np.array(cb.keys))
+        np.testing.assert_array_equal(np.array(ca.values), np.array(cb.values))
 
 
 @pytest.mark.parametrize("head_dim", [40, 64, 96, 128])

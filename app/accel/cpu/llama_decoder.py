@@ -33,6 +33,7 @@ from mlx_lm.models.cache import BatchKVCache
 from mlx_lm.models.rope_utils import Llama3RoPE
 
 from app.accel.cpu import native, quantized
+from app.accel.cpu.fused_step import Dims, FusedStep
 from app.accel.cpu.kernels import softmax_np_
 from app.accel.cpu.panels import PanelMatmul
 from app.accel.cpu.quantized import QuantizedMatmul, QuantizedWeight
@@ -88,6 +89,12 @@ class CpuLlamaDecoder:
         self._native = native.library()
         self._threads = self._native.qmatmul_threads(quantized.workers()) \
             if self._native is not None else 1
+        # every projection quantized (and no per-head norms): the layers in one C call
+        self._fused = None if self._native is None else FusedStep.build(
+            self.layers, self.head, self.norm,
+            Dims(int(self.norm.shape[0]), self.heads, self.kv_heads, self.head_dim,
+                 self.layers[0].gate_up.n_out // 2),
+            self.eps, self.scale, self._threads)
 
     @staticmethod
     def build(model: Any, available: int | None = None, int8: bool = False
@@ -168,15 +175,18 @@ class CpuLlamaDecoder:
         )[:, None, None, :]  # [B, 1, 1, end]
         x = (self.embedding.rows(tokens) if isinstance(self.embedding, QuantizedWeight)
              else self.embedding[tokens])
+        if self._fused is not None:
+            kv = [_buffers(c) for c in caches]
+            x = self._fused.run(x, [k for k, _ in kv], [v for _, v in kv], end - 1,
+                                valid_from, cos, sin)
+            _advance(caches, offset, end)
+            return self._fused.head(x).reshape(b, -1)
         for layer, cache in zip(self.layers, caches, strict=True):
             keys, values = _buffers(cache)
             x = x + self._attention(layer, self._norm(x, layer.attn_norm), keys, values,
                                     end, cos, sin, valid_from, mask)
             x = x + layer.down(self._swiglu(layer.gate_up(self._norm(x, layer.mlp_norm))))
-        next_offset = mx.array(offset + 1)  # one evaluated array, not a growing lazy chain
-        for c in caches:
-            c._idx = end
-            c.offset = next_offset
+        _advance(caches, offset, end)
         return self.head(self._norm(x, self.norm)).reshape(b, -1)
 
     def _norm(self, x: np.ndarray, weight: np.ndarray) -> np.ndarray:
@@ -290,6 +300,14 @@ def _unsupported(model: Any) -> str | None:
         if isinstance(module, nn.Linear | nn.Embedding) and module.weight.dtype != mx.float32:
             return f"{name} is {module.weight.dtype}"
     return None
+
+
+def _advance(caches: list[Any], offset: np.ndarray, end: int) -> None:
+    """The caches' bookkeeping after a step wrote position end - 1, as mlx-lm keeps it."""
+    next_offset = mx.array(offset + 1)  # one evaluated array, not a growing lazy chain
+    for c in caches:
+        c._idx = end
+        c.offset = next_offset
 
 
 def _buffers(cache: Any) -> tuple[np.ndarray, np.ndarray]:  # a BatchKVCache

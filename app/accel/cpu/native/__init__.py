@@ -23,8 +23,8 @@ logger = logging.getLogger(__name__)
 
 HERE = Path(__file__).parent
 SOURCES = (HERE / "qmatmul.c", HERE / "decode.c", HERE / "qgemm.c",
-           HERE / "prefill_attention.c")
-HEADERS = (HERE / "pool.h", HERE / "simd.h")
+           HERE / "prefill_attention.c", HERE / "step.c")
+HEADERS = (HERE / "pool.h", HERE / "simd.h", HERE / "kernels.h")
 FLAGS = ("-O3", "-shared", "-fPIC", "-std=gnu11", "-pthread")
 # MLXD_NATIVE_MARCH=haswell (or x86-64, ...): build for that target instead of this CPU, to
 # run the AVX2 and plain-C paths on a machine that has AVX-512 (the tests do)
@@ -153,5 +153,12 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.prefill_attend.argtypes = [ptr, i, i, i, ptr, ptr, ctypes.c_int64, i, i,
                                    ctypes.c_float, ptr, i]
     lib.prefill_attend.restype = i
+    i64 = ctypes.c_int64
+    f = ctypes.c_float
+    lib.decode_layers.argtypes = [ptr, i, ptr, i, i, i, i, i, i, ptr, ptr, i64, i, ptr, ptr,
+                                  ptr, f, f, i]
+    lib.decode_layers.restype = i
+    lib.decode_head.argtypes = [ptr, ptr, i, i, ptr, f, ptr, i]
+    lib.decode_head.restype = i
     lib.qmatmul_step.argtypes = [i]
     lib.qmatmul_step.restype = None
