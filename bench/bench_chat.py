@@ -38,6 +38,7 @@ from common import (  # noqa: E402
     fmt,
     fmt_ratio,
     gguf_path,
+    llama_f32_gguf,
     llama_spec,
     load_avg,
     md_table,
@@ -202,7 +203,6 @@ async def bench_group(specs: list[ServerSpec], cfg: argparse.Namespace, pm: Prom
 
 
 def report(cfg: argparse.Namespace, figs: dict[str, Figures], argv: list[str]) -> str:
-    ours = figs.get("ours")
     lines = ["# bench_chat: mlxd vs mlx_lm.server and llama-server (same weights, side by side)",
              "",
              f"`{' '.join(argv)}`", "", environment_note(), "",
@@ -234,7 +234,7 @@ def report(cfg: argparse.Namespace, figs: dict[str, Figures], argv: list[str]) -
               "`wall` aggregate: all tokens / (last finish - send), prefill of the 8 prompts "
               "included; `Σ per-stream decode`: the sum of each stream's tokens/s after its "
               "first token (the decode-phase figure comparable with single-stream decode).", ""]
-    if ours is not None:
+    if "ours" in figs or "ours-gguf" in figs:
         lines += ["## Ratios vs targets", ""] + ratio_rows(cfg, figs)
     notes = [f"- {f.name}: {n}" for f in figs.values() for n in f.notes]
     if notes:
@@ -263,11 +263,15 @@ def ratio_rows(cfg: argparse.Namespace, figs: dict[str, Figures]) -> list[str]:
         ad = median(ours.agg_decode)
         for peer_name, ttft_target in (("peer-openblas", TARGETS["ttft"]),
                                        ("peer-llama", TARGETS["ttft_llama"]),
+                                       ("peer-llama-f32", TARGETS["ttft"]),
                                        ("peer-plain", TARGETS["ttft_plain"])):
             peer = figs.get(peer_name)
             if peer is None:
                 continue
-            plain = peer_name == "peer-plain"
+            # issue 18 sets only a first-token target against llama-server on F32
+            plain = peer_name in ("peer-plain", "peer-llama-f32")
+            paired_targets = None if plain else TARGETS["decode"], None if plain else \
+                TARGETS["agg"]
             ttft_r = ratio(peer.ttft_value, t)
             ttft_txt = fmt_ratio(ttft_r, ttft_target)
             if peer.ttft_capped is not None and ttft_r is not None:
@@ -279,14 +283,15 @@ def ratio_rows(cfg: argparse.Namespace, figs: dict[str, Figures]) -> list[str]:
                          fmt_ratio(ratio(a, median(peer.agg)), None if plain else TARGETS["agg"]),
                          fmt_ratio(ratio(ad, median(peer.agg_decode)),
                                    None if plain else TARGETS["agg"])])
-            if cfg.interleave and not plain:
+            if cfg.interleave and peer_name != "peer-plain":
                 # Repetition i of both ran back to back: the median of per-pair ratios
                 # cancels most of the background-load drift.
                 rows.append([f"{our_name} / {peer_name}, paired per repetition",
-                             fmt_ratio(paired(ours.decode, peer.decode), TARGETS["decode"]),
+                             fmt_ratio(paired(ours.decode, peer.decode), paired_targets[0]),
                              fmt_ratio(paired(peer.ttft, ours.ttft), ttft_target),
-                             fmt_ratio(paired(ours.agg, peer.agg), TARGETS["agg"]),
-                             fmt_ratio(paired(ours.agg_decode, peer.agg_decode), TARGETS["agg"])])
+                             fmt_ratio(paired(ours.agg, peer.agg), paired_targets[1]),
+                             fmt_ratio(paired(ours.agg_decode, peer.agg_decode),
+                                       paired_targets[1])])
         rows.append([f"{our_name} {cfg.concurrency}-stream / {our_name} single-stream", "", "",
                      fmt_ratio(ratio(a, median(ours.decode)), TARGETS["agg_vs_single"]),
                      fmt_ratio(ratio(ad, median(ours.decode)), TARGETS["agg_vs_single"])])
@@ -307,6 +312,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="keep mlxd and the OpenBLAS peer up together (idle while not measured) "
                         "and alternate them rep by rep; the plain peer still runs alone")
     p.add_argument("--no-gguf", action="store_true", help="skip mlxd on the GGUF itself")
+    p.add_argument("--no-hf", action="store_true",
+                   help="skip mlxd on the float32 HF folder (ours-gguf against the peers)")
     p.add_argument("--reps", type=int, help="decode repetitions (default 3; quick 1)")
     p.add_argument("--ttft-reps", type=int, help="TTFT repetitions (default 3; quick 1)")
     p.add_argument("--conc-reps", type=int, help="burst repetitions (default 2; quick 1)")
@@ -338,15 +345,19 @@ async def main(argv: list[str]) -> int:
     pm = PromptMaker(hf, seed=int(time.time()))
     ours_extra = cfg.ours_args.split()
     peer_extra = tuple(cfg.peer_args.split())
-    specs: list[tuple[ServerSpec, bool]] = [(ours_spec("ours", hf, *ours_extra), False)]
+    specs: list[tuple[ServerSpec, bool]] = [] if cfg.no_hf else \
+        [(ours_spec("ours", hf, *ours_extra), False)]
     if not cfg.no_gguf:
         specs.append((ours_spec("ours-gguf", gguf_path(), *ours_extra), False))
     peers = [x.strip() for x in cfg.peers.split(",") if x.strip()]
     for peer in peers:
-        if peer not in ("openblas", "plain", "llama"):
-            raise SystemExit(f"unknown peer {peer!r} (openblas, plain, llama)")
+        if peer not in ("openblas", "plain", "llama", "llama-f32"):
+            raise SystemExit(f"unknown peer {peer!r} (openblas, plain, llama, llama-f32)")
         if peer == "llama":
             specs.append((llama_spec("peer-llama", gguf_path()), False))
+            continue
+        if peer == "llama-f32":
+            specs.append((llama_spec("peer-llama-f32", llama_f32_gguf(gguf_path())), False))
             continue
         specs.append((peer_spec(f"peer-{peer}", hf, openblas=peer == "openblas",
                                 extra=peer_extra), peer == "plain"))

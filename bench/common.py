@@ -146,6 +146,19 @@ def llama_server_path() -> Path:
     return Path(out.stdout.strip().splitlines()[-1])
 
 
+def llama_f32_gguf(gguf: Path) -> Path:
+    """The same weights as `gguf`, widened to F32 by llama.cpp's own llama-quantize
+    (cached under bench/out/): issue 18's second llama-server peer."""
+    out = OUT_DIR / f"{gguf.stem}.F32.gguf"
+    if not out.exists():
+        quantize = llama_server_path().parent / "llama-quantize"
+        tmp = out.with_suffix(".tmp")
+        subprocess.run([str(quantize), "--allow-requantize", str(gguf), str(tmp), "F32"],
+                       check=True, capture_output=True)
+        tmp.rename(out)
+    return out
+
+
 def llama_spec(name: str, gguf: Path, *extra: str) -> ServerSpec:
     argv = [str(llama_server_path()), "-m", str(gguf), *LLAMA_SERVER_ARGS, *extra]
     desc = f"llama-server {' '.join(LLAMA_SERVER_ARGS + extra)} on {gguf.name}"

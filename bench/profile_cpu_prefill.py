@@ -37,7 +37,7 @@ from common import gguf_path, load_avg, write_report  # noqa: E402
 from mlx_lm.models.cache import make_prompt_cache  # noqa: E402
 
 from app.accel.choose import accelerate_chat  # noqa: E402
-from app.accel.cpu import kernels, quantized, quantized_prefill  # noqa: E402
+from app.accel.cpu import kernels, quantized_prefill  # noqa: E402
 from app.models.gguf import load_gguf  # noqa: E402
 from app.settings import Settings  # noqa: E402
 
@@ -56,20 +56,25 @@ def patched(obj: Any, name: str, value: Any) -> Iterator[None]:
 
 
 @contextmanager
-def variant(name: str) -> Iterator[None]:
-    if name == "all C kernels":
-        yield
-    elif name == "dequantize + sgemm":
-        with patched(quantized, "gemm_available", lambda: False):
+def variant(name: str, model: Any) -> Iterator[None]:
+    """`name` on `model`: every variant but "dequantize + sgemm" takes the quantized GEMM
+    (whatever load chose, put back afterwards)."""
+    chosen = model.model.layers[0].mlp.gate_proj.__dict__.get(quantized_prefill.GEMM_ATTR)
+    quantized_prefill.choose_gemm(model, force=name != "dequantize + sgemm")
+    try:
+        if name in ("all C kernels", "dequantize + sgemm"):
             yield
-    elif name == "numpy attention":
-        with patched(kernels, "causal_prefill_native", lambda *a: None):
-            yield
-    elif name == "MLX SwiGLU":
-        with patched(kernels, "_swiglu_native", lambda *a: None):
-            yield
-    else:
-        raise ValueError(name)
+        elif name == "numpy attention":
+            with patched(kernels, "causal_prefill_native", lambda *a: None):
+                yield
+        elif name == "MLX SwiGLU":
+            with patched(kernels, "_swiglu_native", lambda *a: None):
+                yield
+        else:
+            raise ValueError(name)
+    finally:
+        if chosen is not None:
+            quantized_prefill.choose_gemm(model, force=chosen)
 
 
 VARIANTS = ("all C kernels", "dequantize + sgemm", "numpy attention", "MLX SwiGLU")
@@ -125,7 +130,7 @@ def main() -> None:
     times: dict[str, list[float]] = {v: [] for v in VARIANTS}
     for rep in range(args.reps):
         for v in VARIANTS:
-            with variant(v):
+            with variant(v, loaded.model):
                 times[v].append(cold_prompt(model))
         print(f"rep {rep}: " + ", ".join(f"{v} {times[v][-1]:.2f} s" for v in VARIANTS),
               flush=True)

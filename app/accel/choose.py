@@ -73,7 +73,8 @@ def accelerate_chat(loaded: LoadedChatModel, settings: Settings,
     if mlx_lm_patch.install():
         parts.append("cpu kernels")
     if quantized_prefill.install(loaded.model):
-        parts.append("dequantizing prefill")
+        gemm = quantized_prefill.choose_gemm(loaded.model)
+        parts.append("dequantizing prefill" + ("" if gemm is None else f" ({gemm.kept})"))
     if whole_layers:
         loaded.decode_step = CpuLlamaDecoder.build(loaded.model,
                                                    int8=settings.cpu_int8_activations)

@@ -106,6 +106,36 @@ def test_dequantizing_prefill_matches_mlx(bits: int) -> None:
                                atol=1e-6)
 
 
+@pytest.mark.skipif(not quantized.gemm_available(), reason="the GEMM kernel needs AVX-512")
+def test_prefill_takes_the_many_row_path_it_measured_faster(monkeypatch: pytest.MonkeyPatch
+                                                              ) -> None:
+    """choose_gemm times both many-row paths and marks every swapped module with the
+    faster; either gives MLX's result, and each is the one that runs."""
+    holder = nn.Module()
+    holder.body = nn.Sequential(nn.Linear(256, 384), nn.Linear(384, 128))
+    nn.quantize(holder, group_size=32, bits=4)
+    x = mx.random.normal((1, 64, 256))
+    want = holder.body(x)
+    quantized_prefill.install(holder)
+    choice = quantized_prefill.choose_gemm(holder)
+    assert choice is not None and choice.gemm_s > 0 and choice.sgemm_s > 0
+    assert all(m.__dict__[quantized_prefill.GEMM_ATTR] == choice.gemm
+               for m in holder.body.layers)
+    calls: list[str] = []
+    real_gemm, real_dense = QuantizedWeight.gemm, quantized_prefill._dense
+    monkeypatch.setattr(QuantizedWeight, "gemm",
+                        lambda self, a: calls.append("gemm") or real_gemm(self, a))
+    monkeypatch.setattr(quantized_prefill, "_dense",
+                        lambda m: calls.append("sgemm") or real_dense(m))
+    for force in (True, False):
+        calls.clear()
+        quantized_prefill.choose_gemm(holder, force=force)
+        got = holder.body(x)
+        assert calls == ["gemm" if force else "sgemm"] * 2
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=0,
+                                   atol=1e-4 * float(mx.abs(want).max()))
+
+
 @pytest.mark.skipif(not quantized.int8_available(),
                     reason="no int8 kernel (AVX-512 VNNI or AVX2) here")
 @pytest.mark.parametrize("rows", [1, 8, 11])

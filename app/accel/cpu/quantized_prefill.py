@@ -10,6 +10,12 @@ packed one. (With MLX's elementwise ops instead, the fallback where no C compile
 dequantizing all of SmolLM2 took ~0.2 s per prefill: a 40-token prompt took 5x longer
 than from float32 weights.)
 
+Where the CPU has AVX-512 there is a second way for many rows, qgemm.c's GEMM that
+dequantizes weight tiles in cache. Which one is faster depends on the machine: it won
+1.4-1.9x where OpenBLAS was pinned to its Haswell kernels, and lost by ~20% on a Xeon whose
+OpenBLAS ran its AVX-512 ones (bench/results/profile-cpu-prefill-spr.md). So `install`
+times both on the model's widest projection and keeps the faster (`GemmChoice`).
+
 Few rows (a short prompt, a chunk's tail, a decode step through MLX) go through the C
 kernel of decode steps (quantized.py), which reads only the packed bytes; without the C
 kernels they keep MLX's own. `install(model)` swaps the model's quantized modules for these
@@ -19,6 +25,9 @@ restores MLX's classes.
 
 from __future__ import annotations
 
+import logging
+import time
+from dataclasses import dataclass
 from typing import Any
 
 import mlx.core as mx
@@ -37,6 +46,11 @@ from app.accel.module_swap import swap_modules
 # SmolLM2 here (bench/results/profile-cpu-prefill.md).
 MIN_ROWS = 16
 GEMM_MIN_ROWS = 48
+CALIBRATION_ROWS = 256  # rows of the timed product: a prefill chunk's order of size
+CALIBRATION_REPS = 3  # alternated; the best of each counts
+GEMM_ATTR = "_mlxd_gemm"  # on each swapped module: True = qgemm.c, False = dequantize + sgemm
+
+logger = logging.getLogger(__name__)
 
 
 def dequantize(weight: mx.array, scales: mx.array, biases: mx.array, group_size: int,
@@ -124,7 +138,7 @@ def _dense_matmul(module: Any, x: mx.array) -> mx.array | None:
     if module.biases is None:
         return None
     rows, native = _rows(x), _native(module)
-    gemm = native is not None and quantized.gemm_available()
+    gemm = native is not None and module.__dict__.get(GEMM_ATTR, quantized.gemm_available())
     if native is not None and rows < (GEMM_MIN_ROWS if gemm else MIN_ROWS):
         x32 = _float_rows(x)
         y = mx.array(_few_rows(module, native)(np.asarray(x32)))
@@ -167,6 +181,58 @@ def install(model: nn.Module) -> int:
     """Swap `model`'s affine-quantized linears and embeddings for the dequantizing ones;
     returns how many were swapped."""
     return _swap(model, SWAPS)
+
+
+@dataclass(slots=True)
+class GemmChoice:
+    """What `choose_gemm` measured: the best seconds of each path, and the one kept."""
+
+    gemm_s: float
+    sgemm_s: float
+
+    @property
+    def gemm(self) -> bool:
+        return self.gemm_s < self.sgemm_s
+
+    @property
+    def kept(self) -> str:
+        return "quantized GEMM" if self.gemm else "dequantize + sgemm"
+
+    def describe(self) -> str:
+        return f"{self.kept} (GEMM {self.gemm_s * 1e3:.1f} ms, dequantize + sgemm " \
+               f"{self.sgemm_s * 1e3:.1f} ms)"
+
+
+def choose_gemm(model: nn.Module, force: bool | None = None) -> GemmChoice | None:
+    """Time qgemm.c against dequantize + sgemm on `model`'s widest swapped projection and
+    mark every swapped module with the faster (`force`: mark that one, timing nothing);
+    None where there is no choice (no GEMM kernel on this CPU, nothing swapped)."""
+    swapped = [m for _, m in model.named_modules() if isinstance(m, DequantizingLinear)
+               and m.biases is not None and _native(m) is not None]
+    if not swapped or not quantized.gemm_available():
+        return None
+    if force is None:
+        widest = max(swapped, key=lambda m: m.weight.size)
+        native = _native(widest)
+        assert native is not None
+        x = np.random.default_rng(0).standard_normal(
+            (CALIBRATION_ROWS, native.n_in)).astype(np.float32)
+        x_mx = mx.array(x)
+        best = [float("inf"), float("inf")]
+        for _ in range(CALIBRATION_REPS + 1):  # the first round warms both up
+            for i, run in enumerate((lambda: native.gemm(x),
+                                     lambda: x_mx @ _dense(widest).T)):
+                t0 = time.perf_counter()
+                mx.eval(run())
+                best[i] = min(best[i], time.perf_counter() - t0)
+        choice = GemmChoice(*best)
+    else:
+        choice = GemmChoice(0.0, 1.0) if force else GemmChoice(1.0, 0.0)
+    for m in model.modules():
+        if isinstance(m, DequantizingLinear | DequantizingEmbedding):
+            m.__dict__[GEMM_ATTR] = choice.gemm
+    logger.info("prefill of quantized layers: %s", choice.describe())
+    return choice
 
 
 def uninstall(model: nn.Module) -> int:
