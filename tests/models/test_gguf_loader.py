@@ -11,7 +11,9 @@ from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
+import numpy as np
 import pytest
+from mlx_lm.models.cache import make_prompt_cache
 
 from app.models.gguf.loader import (
     build_model,
@@ -330,3 +332,36 @@ def test_factor_rope_matches_standard_rope_and_scales() -> None:
     # A factor f divides that frequency: like linear scaling for all-f factors.
     linear = nn.RoPE(dims, traditional=False, base=base, scale=1 / 4)
     assert mx.allclose(FactorRoPE(dims, base, mx.full(dims // 2, 4.0))(x, 4), linear(x, offset=4))
+
+
+@requires_smollm2
+def test_packed_cpu_path_gives_the_float32_greedy_answer(
+    smol: LoadedChatModel, smol_greedy: list[int]
+) -> None:
+    """The server's default CPU path: weights packed as in the file, prefill through the
+    CPU wing and decode steps through the C decoder (one C call a step); greedy output is
+    the float32 model's."""
+    from mlx_lm.models.cache import BatchKVCache
+
+    from app.accel.choose import accelerate_chat
+    from app.accel.cpu import quantized
+    from app.settings import Settings
+
+    assert SMOLLM2_GGUF is not None
+    if not quantized.available():
+        pytest.skip("no C compiler here")
+    packed = load_gguf(SMOLLM2_GGUF, cpu_quantized=True)
+    q_proj = packed.model.layers[0].self_attn.q_proj
+    assert isinstance(q_proj, nn.QuantizedLinear)
+    accelerate_chat(packed, Settings())
+    dec = packed.decode_step
+    assert dec is not None and dec._fused is not None  # type: ignore[attr-defined]
+    ids = chat_ids(packed.tokenizer, FRANCE_QUESTION)
+    cache = make_prompt_cache(packed.model)
+    token = int(mx.argmax(packed.model(mx.array([ids]), cache=cache)[0, -1]))
+    batch = [BatchKVCache.merge([c]) for c in cache]
+    out = []
+    while len(out) < len(smol_greedy):
+        out.append(token)
+        token = int(dec.step(np.array([token]), batch)[0].argmax())
+    assert out == smol_greedy
