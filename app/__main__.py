@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from app.settings import Settings
 
@@ -85,7 +86,22 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(follow(settings))
     from app.server.run import serve
 
-    serve(settings)
+    try:
+        serve(settings)
+    except SystemExit as exc:
+        _exit_now(exc.code if isinstance(exc.code, int) else 1)
+    _exit_now(0)
+
+
+def _exit_now(code: int) -> NoReturn:
+    """End the server process once serve() is done (in-flight requests ended, KV sessions
+    written, engine thread stopped), without the interpreter's teardown: destroying MLX's
+    C++ statics at exit once aborted a cleanly drained server ("terminate called without an
+    active exception", exit -6 instead of 0)."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def print_models(settings: Settings) -> None:
