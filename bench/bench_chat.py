@@ -269,29 +269,26 @@ def ratio_rows(cfg: argparse.Namespace, figs: dict[str, Figures]) -> list[str]:
             if peer is None:
                 continue
             # issue 18 sets only a first-token target against llama-server on F32
-            plain = peer_name in ("peer-plain", "peer-llama-f32")
-            paired_targets = None if plain else TARGETS["decode"], None if plain else \
-                TARGETS["agg"]
+            untargeted = peer_name in ("peer-plain", "peer-llama-f32")
+            decode_target = None if untargeted else TARGETS["decode"]
+            agg_target = None if untargeted else TARGETS["agg"]
             ttft_r = ratio(peer.ttft_value, t)
             ttft_txt = fmt_ratio(ttft_r, ttft_target)
             if peer.ttft_capped is not None and ttft_r is not None:
                 ttft_txt = "≥ " + ttft_txt  # the peer's time is a lower bound
             rows.append([f"{our_name} / {peer_name}",
-                         fmt_ratio(ratio(d, median(peer.decode)),
-                                   None if plain else TARGETS["decode"]),
+                         fmt_ratio(ratio(d, median(peer.decode)), decode_target),
                          ttft_txt,
-                         fmt_ratio(ratio(a, median(peer.agg)), None if plain else TARGETS["agg"]),
-                         fmt_ratio(ratio(ad, median(peer.agg_decode)),
-                                   None if plain else TARGETS["agg"])])
+                         fmt_ratio(ratio(a, median(peer.agg)), agg_target),
+                         fmt_ratio(ratio(ad, median(peer.agg_decode)), agg_target)])
             if cfg.interleave and peer_name != "peer-plain":
                 # Repetition i of both ran back to back: the median of per-pair ratios
                 # cancels most of the background-load drift.
                 rows.append([f"{our_name} / {peer_name}, paired per repetition",
-                             fmt_ratio(paired(ours.decode, peer.decode), paired_targets[0]),
+                             fmt_ratio(paired(ours.decode, peer.decode), decode_target),
                              fmt_ratio(paired(peer.ttft, ours.ttft), ttft_target),
-                             fmt_ratio(paired(ours.agg, peer.agg), paired_targets[1]),
-                             fmt_ratio(paired(ours.agg_decode, peer.agg_decode),
-                                       paired_targets[1])])
+                             fmt_ratio(paired(ours.agg, peer.agg), agg_target),
+                             fmt_ratio(paired(ours.agg_decode, peer.agg_decode), agg_target)])
         rows.append([f"{our_name} {cfg.concurrency}-stream / {our_name} single-stream", "", "",
                      fmt_ratio(ratio(a, median(ours.decode)), TARGETS["agg_vs_single"]),
                      fmt_ratio(ratio(ad, median(ours.decode)), TARGETS["agg_vs_single"])])

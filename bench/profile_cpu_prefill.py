@@ -60,7 +60,7 @@ def variant(name: str, model: Any) -> Iterator[None]:
     """`name` on `model`: every variant but "dequantize + sgemm" takes the quantized GEMM
     (whatever load chose, put back afterwards)."""
     chosen = model.model.layers[0].mlp.gate_proj.__dict__.get(quantized_prefill.GEMM_ATTR)
-    quantized_prefill.choose_gemm(model, force=name != "dequantize + sgemm")
+    quantized_prefill.use_gemm(model, name != "dequantize + sgemm")
     try:
         if name in ("all C kernels", "dequantize + sgemm"):
             yield
@@ -74,7 +74,7 @@ def variant(name: str, model: Any) -> Iterator[None]:
             raise ValueError(name)
     finally:
         if chosen is not None:
-            quantized_prefill.choose_gemm(model, force=chosen)
+            quantized_prefill.use_gemm(model, chosen)
 
 
 VARIANTS = ("all C kernels", "dequantize + sgemm", "numpy attention", "MLX SwiGLU")

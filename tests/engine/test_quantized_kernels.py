@@ -129,7 +129,7 @@ def test_prefill_takes_the_many_row_path_it_measured_faster(monkeypatch: pytest.
                         lambda m: calls.append("sgemm") or real_dense(m))
     for force in (True, False):
         calls.clear()
-        quantized_prefill.choose_gemm(holder, force=force)
+        quantized_prefill.use_gemm(holder, force)
         got = holder.body(x)
         assert calls == ["gemm" if force else "sgemm"] * 2
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=0,

@@ -76,7 +76,7 @@ class FusedStep:
             dst.qkv, dst.out = stack(la.qkv), stack(la.out)
             dst.gate_up, dst.down = stack(la.gate_up), stack(la.down)
         self._head = stack(head)
-        self._keep = (layers, head, norm)  # the arrays the descriptors point into
+        self._keep = (layers, head)  # with _norm: the arrays the descriptors point into
         self._norm = norm
         self.vocab = head.n_out
         self._dims = dims

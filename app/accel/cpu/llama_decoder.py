@@ -90,7 +90,7 @@ class CpuLlamaDecoder:
         self._threads = self._native.qmatmul_threads(quantized.workers()) \
             if self._native is not None else 1
         # every projection quantized (and no per-head norms): the layers in one C call
-        self._fused = None if self._native is None else FusedStep.build(
+        self._fused = FusedStep.build(
             self.layers, self.head, self.norm,
             Dims(int(self.norm.shape[0]), self.heads, self.kv_heads, self.head_dim,
                  self.layers[0].gate_up.n_out // 2),

@@ -13,8 +13,8 @@ than from float32 weights.)
 Where the CPU has AVX-512 there is a second way for many rows, qgemm.c's GEMM that
 dequantizes weight tiles in cache. Which one is faster depends on the machine: it won
 1.4-1.9x where OpenBLAS was pinned to its Haswell kernels, and lost by ~20% on a Xeon whose
-OpenBLAS ran its AVX-512 ones (bench/results/profile-cpu-prefill-spr.md). So `install`
-times both on the model's widest projection and keeps the faster (`GemmChoice`).
+OpenBLAS ran its AVX-512 ones (bench/results/profile-cpu-prefill-spr.md). So `choose_gemm`
+(at load, after `install`) times both on the model's widest projection and keeps the faster.
 
 Few rows (a short prompt, a chunk's tail, a decode step through MLX) go through the C
 kernel of decode steps (quantized.py), which reads only the packed bytes; without the C
@@ -203,36 +203,38 @@ class GemmChoice:
                f"{self.sgemm_s * 1e3:.1f} ms)"
 
 
-def choose_gemm(model: nn.Module, force: bool | None = None) -> GemmChoice | None:
+def choose_gemm(model: nn.Module) -> GemmChoice | None:
     """Time qgemm.c against dequantize + sgemm on `model`'s widest swapped projection and
-    mark every swapped module with the faster (`force`: mark that one, timing nothing);
-    None where there is no choice (no GEMM kernel on this CPU, nothing swapped)."""
+    mark every swapped module with the faster; None where there is no choice (no GEMM
+    kernel on this CPU, nothing swapped)."""
     swapped = [m for _, m in model.named_modules() if isinstance(m, DequantizingLinear)
                and m.biases is not None and _native(m) is not None]
     if not swapped or not quantized.gemm_available():
         return None
-    if force is None:
-        widest = max(swapped, key=lambda m: m.weight.size)
-        native = _native(widest)
-        assert native is not None
-        x = np.random.default_rng(0).standard_normal(
-            (CALIBRATION_ROWS, native.n_in)).astype(np.float32)
-        x_mx = mx.array(x)
-        best = [float("inf"), float("inf")]
-        for _ in range(CALIBRATION_REPS + 1):  # the first round warms both up
-            for i, run in enumerate((lambda: native.gemm(x),
-                                     lambda: x_mx @ _dense(widest).T)):
-                t0 = time.perf_counter()
-                mx.eval(run())
-                best[i] = min(best[i], time.perf_counter() - t0)
-        choice = GemmChoice(*best)
-    else:
-        choice = GemmChoice(0.0, 1.0) if force else GemmChoice(1.0, 0.0)
-    for m in model.modules():
-        if isinstance(m, DequantizingLinear | DequantizingEmbedding):
-            m.__dict__[GEMM_ATTR] = choice.gemm
+    widest = max(swapped, key=lambda m: m.weight.size)
+    native = _native(widest)
+    assert native is not None
+    x = np.random.default_rng(0).standard_normal(
+        (CALIBRATION_ROWS, native.n_in)).astype(np.float32)
+    x_mx = mx.array(x)
+    best = [float("inf"), float("inf")]
+    for _ in range(CALIBRATION_REPS + 1):  # the first round warms both up
+        for i, run in enumerate((lambda: native.gemm(x), lambda: x_mx @ _dense(widest).T)):
+            t0 = time.perf_counter()
+            mx.eval(run())
+            best[i] = min(best[i], time.perf_counter() - t0)
+    choice = GemmChoice(*best)
+    use_gemm(model, choice.gemm)
     logger.info("prefill of quantized layers: %s", choice.describe())
     return choice
+
+
+def use_gemm(model: nn.Module, gemm: bool) -> None:
+    """Mark every swapped module of `model`: many rows through qgemm.c (True) or through
+    dequantize + sgemm (False)."""
+    for m in model.modules():
+        if isinstance(m, DequantizingLinear | DequantizingEmbedding):
+            m.__dict__[GEMM_ATTR] = gemm
 
 
 def uninstall(model: nn.Module) -> int:
