@@ -132,6 +132,7 @@ class Engine:
         """Queue a generation; events arrive on the returned stream."""
         assert self._dispatcher is not None
         stream = RequestStream(self._dispatcher)
+        self._dispatcher.track(stream)
         self._commands.put(lambda: self._admit(req, stream))
         return stream
 
@@ -142,6 +143,25 @@ class Engine:
         """End every request in flight with `message` (the drain timeout of a shutdown);
         their KV stays in the store. Safe from any thread."""
         self._commands.put(lambda: self.models.end_requests(message))
+
+    def end_open_now(self, message: str, *, code: str | None = None,
+                     status: int = 500) -> int:
+        """Event loop side: end every stream still open with `message` without waiting
+        for the engine thread (the fallback when it does not answer end_all in time)."""
+        if self._dispatcher is None:
+            return 0
+        return self._dispatcher.end_open(Failed(message, code=code, status=status))
+
+    def peer_lost(self, message: str) -> None:
+        """Event loop side: the launcher saw another tensor-parallel rank exit. Nothing
+        can be served without its shard: no collective is issued any more, every stream
+        ends now with `message` (the engine thread may be waiting in a collective that
+        never completes), and the server stops with exit status 1."""
+        self.fatal = self.fatal or message
+        if self.models.tp is not None:
+            self.models.tp.lost = self.models.tp.lost or message
+        self.end_open_now(f"server stopped: {message}", code="tensor_parallel_group_lost",
+                          status=503)
 
     async def transcription_model(self, spec: ModelSpec) -> TranscriptionModelHandle:
         handle = self.models.transcription_handle(spec.id)
@@ -154,6 +174,7 @@ class Engine:
         """Queue a prepared job; segments and the result arrive on the stream."""
         assert self._dispatcher is not None
         task = AsrTask(job, RequestStream(self._dispatcher), model=model_id)
+        self._dispatcher.track(task.stream)
 
         def add() -> None:
             self.models.touch(model_id)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import weakref
 from collections import deque
 from collections.abc import AsyncIterator
 
@@ -23,6 +24,9 @@ class Dispatcher:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self._pending: list[tuple[RequestStream, Event]] = []
+        self._open: weakref.WeakSet[RequestStream] = weakref.WeakSet()
+        """Streams made on the event loop, for end_open() (weak: a consumer that went
+        away drops its stream)."""
 
     def post(self, stream: RequestStream, event: Event) -> None:
         self._pending.append((stream, event))
@@ -34,6 +38,22 @@ class Dispatcher:
         # RuntimeError: the loop is gone (shutdown), nobody is listening any more.
         with contextlib.suppress(RuntimeError):
             self.loop.call_soon_threadsafe(_deliver, batch)
+
+
+    def track(self, stream: RequestStream) -> None:
+        """Event loop side: remember `stream` for end_open()."""
+        self._open.add(stream)
+
+    def end_open(self, event: Event) -> int:
+        """Event loop side: give every stream without its final event `event` now,
+        without the engine thread (it may be stuck, e.g. in a collective whose peer is
+        gone). Events the engine posts later are dropped. Returns how many it ended."""
+        ended = 0
+        for stream in list(self._open):
+            if not stream.closed:
+                stream._put(event)
+                ended += 1
+        return ended
 
 
 def _deliver(batch: list[tuple[RequestStream, Event]]) -> None:

@@ -33,6 +33,8 @@ RANK0_GRACE_SECONDS = 20.0
 FOLLOWER_GRACE_SECONDS = 10.0
 """After rank 0 exited: how long the other ranks may take to see it and exit."""
 TP_FLAGS = ("--tensor-parallel", "--tp-backend")
+PEER_LOST_SIGNAL = signal.SIGUSR1
+"""To rank 0: another rank exited (app/server/run.py)."""
 PR_SET_PDEATHSIG = 1
 
 
@@ -139,6 +141,10 @@ def _watch(procs: list[subprocess.Popen[bytes]]) -> int:
                 return code
             logger.critical("tensor-parallel rank %d exited with status %s; the group cannot "
                             "continue without it: stopping the server", rank, code)
+            # Rank 0 may only learn it from a collective that fails (or, on a broken
+            # ring, never completes): told now, it ends its streams without one.
+            with contextlib.suppress(ProcessLookupError):
+                procs[0].send_signal(PEER_LOST_SIGNAL)
             _wait_or_kill([procs[0]], RANK0_GRACE_SECONDS)
             _wait_or_kill(procs, FOLLOWER_GRACE_SECONDS)
             return 1

@@ -130,6 +130,32 @@ def _rank_pid(launcher: int, rank: int) -> int:
     raise AssertionError(f"no rank {rank} under {launcher}")
 
 
+def test_a_rank_stuck_in_a_collective_cannot_hold_streams_open(tmp_path: Path) -> None:
+    """Rank 1 stopped: rank 0's engine waits in a collective that never completes. The
+    launcher's word that a rank is gone (what it sends when one exits) still ends the
+    stream with the reason, from the event loop, without the engine thread."""
+    body = {"model": "smollm2", "max_tokens": 2000, "stream": True,
+            "messages": [{"role": "user", "content": "Tell me a very long story."}]}
+    with run_server(tmp_path, "--tensor-parallel", "2", env={"MLXD_KV_DIR": ""}) as srv, \
+            httpx.Client(timeout=60) as c, \
+            c.stream("POST", srv.url + "/v1/chat/completions", json=body) as r:
+        lines = r.iter_lines()
+        for _ in range(4):
+            next(lines)
+        rank1 = _rank_pid(srv.proc.pid, 1)
+        os.kill(rank1, signal.SIGSTOP)
+        try:
+            time.sleep(1.0)  # rank 0 is now waiting on rank 1
+            os.kill(_rank_pid(srv.proc.pid, 0), signal.SIGUSR1)
+            tail = [line for line in lines if line.startswith("data: ")]
+        finally:
+            os.kill(rank1, signal.SIGKILL)
+        assert tail[-1] == "data: [DONE]", tail[-3:]
+        final = json.loads(tail[-2].removeprefix("data: "))
+        assert final["error"]["code"] == "tensor_parallel_group_lost", final
+        assert srv.proc.wait(60) == 1
+
+
 def test_rank_1_dying_ends_the_server_with_a_clear_error(tp_server: Server) -> None:
     """Last in this module: it takes the group down."""
     body = {"model": "smollm2", "max_tokens": 2000, "stream": True,
@@ -141,9 +167,14 @@ def test_rank_1_dying_ends_the_server_with_a_clear_error(tp_server: Server) -> N
         for _ in range(4):
             next(lines)
         os.kill(_rank_pid(tp_server.proc.pid, 1), signal.SIGKILL)
-        for line in lines:  # the stream must end, not hang
-            if line.startswith("data: ") and line != "data: [DONE]":
-                events.append(json.loads(line.removeprefix("data: ")))
+        try:
+            for line in lines:  # the stream must end, not hang
+                if line.startswith("data: ") and line != "data: [DONE]":
+                    events.append(json.loads(line.removeprefix("data: ")))
+        except httpx.RemoteProtocolError as exc:
+            tp_server.proc.wait(60)
+            raise AssertionError(
+                f"the stream was cut: {exc}\n{tp_server.log_text()[-6000:]}") from exc
     errors = [e["error"]["message"] for e in events if "error" in e]
     assert errors and ("tensor-parallel" in errors[-1] or "peer" in errors[-1]), events[-3:]
     assert tp_server.proc.wait(60) == 1

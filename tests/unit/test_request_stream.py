@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from app.engine.request import Delta, Finished, Usage
+from app.engine.request import Delta, Failed, Finished, Usage
 from app.engine.stream import Dispatcher, RequestStream
 
 TICK = 0.02
@@ -55,3 +55,19 @@ async def test_no_timeout_without_one() -> None:
     asyncio.get_running_loop().call_later(5 * TICK, stream._put, Delta("x"))
     event = await stream.get()
     assert isinstance(event, Delta) and event.text == "x"
+
+
+async def test_end_open_ends_streams_the_engine_has_not() -> None:
+    """The fallback when the engine thread is stuck: every tracked stream without its
+    final event gets one from the loop; what the engine posts afterwards is dropped."""
+    dispatcher = Dispatcher(asyncio.get_running_loop())
+    done, stuck = RequestStream(dispatcher), RequestStream(dispatcher)
+    for s in (done, stuck):
+        dispatcher.track(s)
+    done._put(Finished("stop", Usage(1, 1)))
+    assert dispatcher.end_open(Failed("gone", status=503)) == 1
+    stuck.put_threadsafe(Delta("late"))  # the engine thread wakes up after all
+    dispatcher.flush()
+    await asyncio.sleep(0)
+    assert [type(e).__name__ async for e in stuck] == ["Failed"]
+    assert [type(e).__name__ async for e in done] == ["Finished"]
