@@ -101,6 +101,10 @@ class CacheOps:
         """Prefill `tokens` into cache `h`; logits [1, V] of the last one when `sample`,
         else the cache updates are evaluated here (a middle chunk)."""
         cache = self.caches[h]
+        fast = self.decode_step
+        if fast is not None and self.project and fast.prefills(cache, len(tokens)):
+            out = fast.prefill(np.asarray(tokens, dtype=np.int32), cache, sample)
+            return None if out is None else mx.array(out)
         logits = forward.prefill(self.model, mx.array(tokens)[None], cache,
                                  mx.array([len(tokens) - 1]) if sample else None,
                                  self.project)
@@ -113,6 +117,15 @@ class CacheOps:
         cached prefixes merged left-padded, the remaining tokens right-padded, then the
         right padding rolled to the left (mlx-lm's BatchKVCache prepare/finalize).
         Returns logits [B, V] at each prompt's last token."""
+        fast = self.decode_step
+        if fast is not None and self.project and all(
+                fast.prefills(self.caches[h], len(r)) for h, r in zip(hs, rests)):
+            # one C call per prompt (no padding), then the caches merged left-padded
+            rows = [fast.prefill(np.asarray(r, dtype=np.int32), self.caches[h], True)
+                    for h, r in zip(hs, rests)]
+            done = [self.caches.pop(h) for h in hs]
+            self.caches[g] = [type(layer[0]).merge(list(layer)) for layer in zip(*done)]
+            return mx.array(np.concatenate([r for r in rows if r is not None]))
         per_seq = [self.caches.pop(h) for h in hs]
         caches = [type(layer[0]).merge(list(layer)) for layer in zip(*per_seq)]
         width = max(len(r) for r in rests)

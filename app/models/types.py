@@ -58,6 +58,14 @@ class DecodeStep(Protocol):
     def release(self, caches: list[Any]) -> None:
         """Forget these caches: the model's own forward takes them over."""
 
+    def prefills(self, cache: list[Any], rows: int) -> bool:
+        """Whether `prefill` takes a chunk of `rows` prompt tokens into this
+        per-sequence cache (one per layer)."""
+
+    def prefill(self, tokens: np.ndarray, cache: list[Any], sample: bool) -> np.ndarray | None:
+        """Extend one sequence's cache by tokens [n]; logits [1, V] of the last one when
+        `sample`."""
+
 
 @dataclass(slots=True)
 class LoadedChatModel:

@@ -12,7 +12,7 @@ import pytest
 from mlx.utils import tree_flatten
 from mlx_lm.models.cache import BatchKVCache, make_prompt_cache
 
-from app.accel.cpu.llama_decoder import CpuLlamaDecoder
+from app.accel.cpu.llama_decoder import GEMM_ROWS, CpuLlamaDecoder
 from app.models.hf import load_hf
 from tests.tiny_model import build_tiny_llama, random_model
 
@@ -166,6 +166,41 @@ def test_fused_step_gives_the_layer_loops_logits(model: Any) -> None:
     for ca, cb in zip(a, b, strict=True):
         np.testing.assert_array_equal(np.array(ca.keys), np.array(cb.keys))
         np.testing.assert_array_equal(np.array(ca.values), np.array(cb.values))
+
+
+def test_fused_prefill_gives_mlx_logits(model: Any) -> None:
+    """step.c's prefill_layers against MLX's forward on the same prompt chunks: a first
+    chunk, one that continues a cache MLX filled, chunks on both sides of the GEMM's row
+    threshold and one crossing the cache's 256-slot growth; then decode steps from it."""
+    fast = CpuLlamaDecoder.build(model)
+    assert fast is not None
+    if fast._prefill_rows == 0:
+        pytest.skip("no one-call steps for this model, or no AVX-512 prefill attention")
+    prompt = _prompt(11, 400)
+    for chunks in ([1, 20], [60, 5, 230], [GEMM_ROWS - 1, GEMM_ROWS, 300]):
+        ours, mlx_cache = make_prompt_cache(model), make_prompt_cache(model)
+        at = 0
+        for i, n in enumerate(chunks):
+            piece = prompt[at : at + n]
+            want = np.array(model(mx.array([piece]), cache=mlx_cache)[0, -1])
+            if i == 0 and n == 1:  # a cache MLX began (as the store seeds one)
+                ours = [type(c)() for c in mlx_cache]
+                for c, m in zip(ours, mlx_cache, strict=True):
+                    c.state = (m.keys, m.values, m.offset)
+                at += n
+                continue
+            got = fast.prefill(np.array(piece, dtype=np.int32), ours, sample=True)
+            assert got is not None
+            _assert_close(got[0], want)
+            at += n
+        assert ours[0].offset == mlx_cache[0].offset == at
+        a = [BatchKVCache.merge([c]) for c in ours]
+        b = [BatchKVCache.merge([c]) for c in mlx_cache]
+        tokens = np.array([5])
+        for _ in range(3):
+            got, want = fast.step(tokens, a), fast.step(tokens, b)
+            _assert_close(got, want)
+            tokens = want.argmax(-1)
 
 
 @pytest.mark.parametrize("head_dim", [40, 64, 96, 128])

@@ -111,6 +111,24 @@ class FusedStep:
         _check(rc)
         return x
 
+    def prefill(self, x: np.ndarray, keys: list[np.ndarray], values: list[np.ndarray],
+                pos: int, cos: np.ndarray, sin: np.ndarray, gemm_rows: int) -> np.ndarray:
+        """x [n, D] embeddings of one sequence's positions pos .. pos + n - 1 -> the last
+        layer's output [n, D]; keys/values [Hkv, cap, d] per layer, written there."""
+        x = np.array(x, dtype=np.float32, order="C")
+        cap = keys[0].shape[-2]
+        if any(k.shape[-2] != cap or not k.flags.c_contiguous for k in (*keys, *values)):
+            raise ValueError("the fused prefill wants contiguous K/V of one capacity")
+        ptrs = ctypes.c_void_p * self._n
+        cos = np.ascontiguousarray(cos, dtype=np.float32)
+        sin = np.ascontiguousarray(sin, dtype=np.float32)
+        _check(self._lib.prefill_layers(
+            ctypes.addressof(self._layers), self._n, x.ctypes.data, x.shape[0], *self._dims,
+            ptrs(*(k.ctypes.data for k in keys)), ptrs(*(v.ctypes.data for v in values)),
+            cap, pos, cos.ctypes.data, sin.ctypes.data, self._eps, self._scale, gemm_rows,
+            self._threads))
+        return x
+
     def head(self, x: np.ndarray) -> np.ndarray:
         """logits [B, V] of the last layer's output x [B, D]."""
         logits = np.empty((x.shape[0], self.vocab), np.float32)

@@ -29,7 +29,7 @@ from typing import Any
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
-from mlx_lm.models.cache import BatchKVCache
+from mlx_lm.models.cache import BatchKVCache, KVCache
 from mlx_lm.models.rope_utils import Llama3RoPE
 
 from app.accel.cpu import native, quantized
@@ -46,6 +46,8 @@ logger = logging.getLogger(__name__)
 SUPPORTED_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 MAX_ROWS = 8  # panels are sized for up to this many rows (more still work, a little slower)
 MAX_MEMORY_FRACTION = 0.25  # of MemAvailable, for the panel copy of the weights
+PREFILL_MAX_ROWS = 512  # prompt chunks up to this many tokens go through prefill()
+GEMM_ROWS = 48  # from this many rows prefill() multiplies through qgemm.c's GEMM
 MASKED = np.float32(-1e30)
 QUANTIZED_TYPES = (*SWAPS, *SWAPS.values())  # MLX's, and ours for prefill
 OWNED_ATTR = "_mlxd_owned"  # set on a BatchKVCache: the K/V arrays we may write into
@@ -95,6 +97,12 @@ class CpuLlamaDecoder:
             Dims(int(self.norm.shape[0]), self.heads, self.kv_heads, self.head_dim,
                  self.layers[0].gate_up.n_out // 2),
             self.eps, self.scale, self._threads)
+        # prompt chunks of up to PREFILL_MAX_ROWS tokens in one C call as well, where the
+        # causal attention kernel exists (AVX-512); qgemm.c's GEMM from GEMM_ROWS rows
+        lib = self._native
+        self._prefill_rows = PREFILL_MAX_ROWS if self._fused is not None and lib is not None \
+            and lib.prefill_attention_available() and self.head_dim % 16 == 0 else 0
+        self._gemm_rows = GEMM_ROWS if lib is not None and lib.qgemm_available() else 0
 
     @staticmethod
     def build(model: Any, available: int | None = None, int8: bool = False
@@ -158,6 +166,32 @@ class CpuLlamaDecoder:
         self._native.qmatmul_step(1)  # the kernel threads spin through the whole step
         try:
             return self._step(tokens, caches)
+        finally:
+            self._native.qmatmul_step(0)
+
+    def prefills(self, cache: list[Any], rows: int) -> bool:
+        """Whether `prefill` takes a chunk of `rows` tokens into this per-sequence cache."""
+        return self._prefill_rows > 0 and rows <= self._prefill_rows and all(
+            type(c) is KVCache and (c.keys is None or c.keys.dtype == mx.float32)
+            for c in cache)
+
+    def prefill(self, tokens: np.ndarray, cache: list[KVCache], sample: bool
+                ) -> np.ndarray | None:
+        """A prompt chunk of one sequence in one C call (step.c's prefill_layers): the
+        cache extended by tokens [n]; logits [1, V] of the last one when `sample`."""
+        assert self._fused is not None and self._native is not None
+        n, pos = int(tokens.shape[0]), int(cache[0].offset)
+        cos, sin = self._rope_tables((pos + np.arange(n, dtype=np.float32)) * self.rope_scale)
+        x = (self.embedding.rows(tokens) if isinstance(self.embedding, QuantizedWeight)
+             else self.embedding[tokens])
+        kv = [_sequence_buffers(c, pos + n, self.kv_heads, self.head_dim) for c in cache]
+        self._native.qmatmul_step(1)
+        try:
+            x = self._fused.prefill(x, [k for k, _ in kv], [v for _, v in kv], pos,
+                                    cos.reshape(n, -1), sin.reshape(n, -1), self._gemm_rows)
+            for c in cache:
+                c.offset = pos + n
+            return self._fused.head(x[-1:]) if sample else None
         finally:
             self._native.qmatmul_step(0)
 
@@ -334,6 +368,34 @@ def _buffers(cache: Any) -> tuple[np.ndarray, np.ndarray]:  # a BatchKVCache
     mx.eval(cache.keys, cache.values)
     setattr(cache, OWNED_ATTR, (cache.keys, cache.values))
     return np.asarray(cache.keys), np.asarray(cache.values)
+
+
+def _sequence_buffers(cache: KVCache, need: int, heads: int, head_dim: int
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """Writable numpy views [Hkv, cap, d] of a per-sequence cache's K/V with room for
+    `need` positions, in memory only this cache holds (as `_buffers`: a cache seeded from
+    the store may share the store's arrays)."""
+    keys, values = cache.keys, cache.values
+    cap = -(-need // KVCache.step) * KVCache.step
+    if keys is None or values is None:
+        return _own(cache, mx.zeros((1, heads, cap, head_dim), mx.float32),
+                    mx.zeros((1, heads, cap, head_dim), mx.float32))
+    if need > keys.shape[2]:  # grow: the padded copies are fresh buffers
+        grow = [(0, 0), (0, 0), (0, cap - cache.offset), (0, 0)]
+        return _own(cache, mx.pad(keys[..., : cache.offset, :], grow),
+                    mx.pad(values[..., : cache.offset, :], grow))
+    owned = getattr(cache, OWNED_ATTR, None)
+    if owned is None or owned[0] is not keys or owned[1] is not values:
+        return _own(cache, mx.array(np.ascontiguousarray(keys)),
+                    mx.array(np.ascontiguousarray(values)))
+    return np.asarray(keys)[0], np.asarray(values)[0]
+
+
+def _own(cache: KVCache, keys: mx.array, values: mx.array) -> tuple[np.ndarray, np.ndarray]:
+    mx.eval(keys, values)
+    cache.keys, cache.values = keys, values
+    setattr(cache, OWNED_ATTR, (keys, values))
+    return np.asarray(keys)[0], np.asarray(values)[0]
 
 
 def _rope_frequencies(rope: Any, head_dim: int) -> tuple[np.ndarray, np.float32]:

@@ -160,5 +160,8 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.decode_layers.restype = i
     lib.decode_head.argtypes = [ptr, ptr, i, i, ptr, f, ptr, i]
     lib.decode_head.restype = i
+    lib.prefill_layers.argtypes = [ptr, i, ptr, i, i, i, i, i, i, ptr, ptr, i64, i, ptr, ptr,
+                                   f, f, i, i]
+    lib.prefill_layers.restype = i
     lib.qmatmul_step.argtypes = [i]
     lib.qmatmul_step.restype = None

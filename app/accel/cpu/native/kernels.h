@@ -9,6 +9,15 @@ int qmatmul_parts(const float *x, int rows, int K, int parts, const uint32_t *co
                   const float *const *ss, const float *const *bs, const int *starts, int G,
                   int bits, float *y, int threads);
 
+/* qgemm.c */
+int qgemm(const float *x, int M, int K, const uint32_t *w, const float *scales,
+          const float *biases, int N, int G, int bits, float *y, int threads);
+
+/* prefill_attention.c */
+int prefill_attend(const float *q, int H, int L, int d, const float *keys,
+                   const float *values, int64_t head_stride, int Hkv, int S, float scale,
+                   float *out, int threads);
+
 /* decode.c */
 int attend_mt(const float *q, int B, int H, int Hkv, int d, const float *keys,
               const float *values, int64_t cap, const int32_t *start, int end, float scale,

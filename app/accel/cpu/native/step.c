@@ -1,4 +1,5 @@
-/* A whole decode step of a Llama-family model with quantized projections, in one call.
+/* A whole decode step of a Llama-family model with quantized projections, in one call;
+ * and a prompt chunk of one sequence the same way (prefill_layers).
  *
  * llama_decoder.py ran a step as ~10 kernel calls a layer from Python, each with its numpy
  * temporaries (the 4-bit input reordering, RMSNorm and SwiGLU outputs, residual adds): at
@@ -7,6 +8,13 @@
  * swiglu: the same operations in the same order, so the logits are the Python loop's to the
  * bit), with work buffers kept per thread. Python still owns the cache bookkeeping and
  * hands in each layer's K/V buffer and the step's RoPE tables.
+ *
+ * A short prompt chunk through MLX paid a fixed ~0.1 s (an evaluation per projection, the
+ * weights dequantized for an sgemm) before its first row: more than the rows themselves
+ * for the few dozen tokens of a chat turn. prefill_layers runs such a chunk like a decode
+ * step of n rows of one sequence: its rows take the positions pos .. pos + n - 1 and
+ * attend causally (prefill_attention.c); past `gemm_rows` rows the projections go through
+ * qgemm.c's GEMM instead of the few-row kernel.
  */
 #include <stdint.h>
 #include <string.h>
@@ -57,6 +65,27 @@ static int matmul(const qstack_t *m, const float *x, int rows, float *tmp, float
         for (int r = 0; r < rows; r++)
             for (int n = 0; n < N; n++) y[(int64_t)r * N + n] += m->bias[n];
     }
+    return 0;
+}
+
+/* The same through qgemm.c (rows >= 1; x as it is): each part into `tmp`, then placed
+ * beside the others in y's rows. */
+static int matmul_gemm(const qstack_t *m, const float *x, int rows, float *tmp, float *y,
+                       int threads) {
+    const int N = m->starts[m->parts];
+    for (int p = 0; p < m->parts; p++) {
+        const int n0 = m->starts[p], np = m->starts[p + 1] - n0;
+        float *dst = m->parts == 1 ? y : tmp;
+        const int rc = qgemm(x, rows, m->K, m->w[p], m->s[p], m->b[p], np, m->G, m->bits,
+                             dst, threads);
+        if (rc != 0) return rc;
+        if (m->parts > 1)
+            for (int r = 0; r < rows; r++)
+                memcpy(y + (int64_t)r * N + n0, tmp + (int64_t)r * np, sizeof(float) * np);
+    }
+    if (m->bias)
+        for (int r = 0; r < rows; r++)
+            for (int n = 0; n < N; n++) y[(int64_t)r * N + n] += m->bias[n];
     return 0;
 }
 
@@ -114,4 +143,68 @@ int decode_head(const qstack_t *head, const float *x, int B, int D, const float 
     float *normed = base, *tmp = base + (int64_t)B * ((D + 15) / 16 * 16);
     rms_norm(x, B, D, norm, eps, normed);
     return matmul(head, normed, B, tmp, logits, threads);
+}
+
+/* a [n, H, d] <-> [H, n, d] */
+static void swap_heads(const float *src, int n, int H, int d, float *dst, int to_heads) {
+    for (int i = 0; i < n; i++)
+        for (int h = 0; h < H; h++) {
+            const int64_t rowwise = ((int64_t)i * H + h) * d, headwise = ((int64_t)h * n + i) * d;
+            memcpy(dst + (to_heads ? headwise : rowwise), src + (to_heads ? rowwise : headwise),
+                   sizeof(float) * d);
+        }
+}
+
+/* The layers for n consecutive positions of one sequence (a prompt chunk): x [n, D] the
+ * token embeddings in, the last layer's output out (in place). Layer l's keys[l] /
+ * values[l] ([Hkv, cap, d], positions before pos already filled) get positions pos ..
+ * pos + n - 1, and row i attends to positions 0 .. pos + i. cos, sin [n, d/2]. From
+ * `gemm_rows` rows on (0: never) the projections take qgemm.c's GEMM. Returns 0, -1 for
+ * arguments a kernel refused (the prefill attention wants AVX-512), -2 without memory. */
+int prefill_layers(const qlayer_t *layers, int L, float *x, int n, int D, int H, int Hkv,
+                   int d, int I, float *const *keys, float *const *values, int64_t cap,
+                   int pos, const float *cos, const float *sin, float eps, float scale,
+                   int gemm_rows, int threads) {
+    if (n <= 0 || pos < 0 || pos + n > cap) return -1;
+    const int64_t qkv_n = (int64_t)(H + 2 * Hkv) * d, hd = (int64_t)H * d;
+    const int64_t widest = max64(max64(max64(D, hd), 2 * (int64_t)I), qkv_n);
+    const int64_t sizes[] = {n * widest, n * widest, n * qkv_n, n * hd, n * hd,
+                             n * max64(D, 2 * (int64_t)I)};
+    enum { NORMED, ARRANGED, QKV, Q, HEADS, WIDE, N_BUF };
+    int64_t total = 0;
+    for (int i = 0; i < N_BUF; i++) total += (sizes[i] + 15) / 16 * 16;
+    float *base = step_buffer((size_t)total);
+    if (base == NULL) return -2;
+    float *buf[N_BUF];
+    for (int i = 0, at = 0; i < N_BUF; at += (int)((sizes[i] + 15) / 16 * 16), i++)
+        buf[i] = base + at;
+    const int gemm = gemm_rows > 0 && n >= gemm_rows;
+    const int half = d / 2;
+#define PROJECT(stack, in, out)                                                        \
+    (gemm ? matmul_gemm(stack, in, n, buf[ARRANGED], out, threads)                    \
+          : matmul(stack, in, n, buf[ARRANGED], out, threads))
+    for (int l = 0; l < L; l++) {
+        const qlayer_t *la = &layers[l];
+        int rc;
+        rms_norm(x, n, D, la->attn_norm, eps, buf[NORMED]);
+        if ((rc = PROJECT(&la->qkv, buf[NORMED], buf[QKV]))) return rc;
+        for (int i = 0; i < n; i++)
+            rope_store(buf[QKV] + i * qkv_n, 1, H, Hkv, d, cos + (int64_t)i * half,
+                       sin + (int64_t)i * half, buf[Q] + i * hd, keys[l], values[l], cap,
+                       pos + i);
+        swap_heads(buf[Q], n, H, d, buf[HEADS], 1);
+        if ((rc = prefill_attend(buf[HEADS], H, n, d, keys[l], values[l], cap * d, Hkv,
+                                 pos + n, scale, buf[Q], threads)))
+            return rc;
+        swap_heads(buf[Q], n, H, d, buf[HEADS], 0);
+        if ((rc = PROJECT(&la->out, buf[HEADS], buf[WIDE]))) return rc;
+        add_into(x, buf[WIDE], (int64_t)n * D);
+        rms_norm(x, n, D, la->mlp_norm, eps, buf[NORMED]);
+        if ((rc = PROJECT(&la->gate_up, buf[NORMED], buf[WIDE]))) return rc;
+        swiglu(buf[WIDE], n, I, buf[NORMED]);
+        if ((rc = PROJECT(&la->down, buf[NORMED], buf[WIDE]))) return rc;
+        add_into(x, buf[WIDE], (int64_t)n * D);
+    }
+#undef PROJECT
+    return 0;
 }
