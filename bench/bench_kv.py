@@ -38,6 +38,7 @@ from common import (  # noqa: E402
     fmt_ratio,
     gguf_path,
     kv_bytes_per_token,
+    llama_spec,
     load_avg,
     md_table,
     median,
@@ -216,7 +217,9 @@ def report(cfg: argparse.Namespace, runs: dict[str, ServerRuns], convs: list[Con
            per_token: int, argv: list[str]) -> str:
     lines = ["# bench_kv: resident KV caches, turn-N time to first token", "",
              f"`{' '.join(argv)}`", "", environment_note(), "",
-             f"Model: SmolLM2-135M-Instruct ({gguf_path().name}) as a float32 HF folder, greedy. "
+             f"Model: SmolLM2-135M-Instruct ({gguf_path().name}) "
+             f"{'served as it is by ours' if cfg.ours_on_gguf else 'as a float32 HF folder'}, "
+             "greedy. "
              f"{cfg.turns} turns per conversation, {cfg.reply_tokens} reply tokens per turn, "
              f"{cfg.reps} conversation(s) per size. Turn 1 holds a unique document; turns 2.."
              f"{cfg.turns} are short follow-ups. `turn-N` = median TTFT over turns 2..{cfg.turns}.",
@@ -305,7 +308,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--reps", type=int, help="conversations per size (default 2; quick 1)")
     p.add_argument("--reply-tokens", type=int, default=32, help="max_tokens of every turn")
     p.add_argument("--peers", default="openblas",
-                   help="comma list: openblas, plain (plain: every request under --plain-cap)")
+                   help="comma list: openblas, plain (plain: every request under --plain-cap), "
+                        "llama (llama-server on the GGUF, bench/build_llama_server.sh)")
+    p.add_argument("--ours-on-gguf", action="store_true",
+                   help="`ours` (and ours-cold) serve the GGUF itself instead of the float32 "
+                        "folder: the comparison with llama-server on the same file")
     p.add_argument("--plain-cap", type=float, default=300.0,
                    help="seconds to wait for the plain peer's first token per turn")
     p.add_argument("--no-cold", action="store_true", help="skip the --no-kv-cache server")
@@ -331,16 +338,19 @@ async def main(argv: list[str]) -> int:
     hf = ensure_hf_folder()
     pm = PromptMaker(hf, seed=int(time.time()))
     convs = make_conversations(cfg, pm)
-    members: list[tuple[ServerSpec, str]] = [(ours_spec("ours", hf), "warm")]
+    weights = gguf_path() if cfg.ours_on_gguf else hf
+    members: list[tuple[ServerSpec, str]] = [(ours_spec("ours", weights), "warm")]
     if not cfg.no_cold:
-        members.append((ours_spec("ours-cold", hf, "--no-kv-cache"), "cold"))
+        members.append((ours_spec("ours-cold", weights, "--no-kv-cache"), "cold"))
     if cfg.gguf:
         members.append((ours_spec("ours-gguf", gguf_path()), "replay"))
     plain: list[tuple[ServerSpec, str]] = []
     for peer in [x.strip() for x in cfg.peers.split(",") if x.strip()]:
-        if peer not in ("openblas", "plain"):
-            raise SystemExit(f"unknown peer {peer!r} (openblas, plain)")
-        spec = peer_spec(f"peer-{peer}", hf, openblas=peer == "openblas")
+        if peer not in ("openblas", "plain", "llama"):
+            raise SystemExit(f"unknown peer {peer!r} (openblas, plain, llama)")
+        # llama-server keeps each slot's prompt cache: a replayed turn reuses its prefix
+        spec = llama_spec("peer-llama", gguf_path()) if peer == "llama" else \
+            peer_spec(f"peer-{peer}", hf, openblas=peer == "openblas")
         (plain if peer == "plain" else members).append((spec, peer))
     groups = [members] if cfg.interleave else [[m] for m in members]
     groups += [[m] for m in plain]  # alone and last: a capped request keeps it busy
