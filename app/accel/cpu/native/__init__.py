@@ -163,5 +163,7 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.prefill_layers.argtypes = [ptr, i, ptr, i, i, i, i, i, i, ptr, ptr, i64, i, ptr, ptr,
                                    f, f, i, i]
     lib.prefill_layers.restype = i
+    lib.qmatmul_prefetch.argtypes = [i]
+    lib.qmatmul_prefetch.restype = i
     lib.qmatmul_step.argtypes = [i]
     lib.qmatmul_step.restype = None
