@@ -7,7 +7,7 @@ tp: `mlxd` against `mlxd --tensor-parallel 2` (two ranks over MLX's ring backend
     server busy at a time: single-stream decode tok/s (64 greedy tokens), the first token
     of a ~1k-token prompt no cache can help, and 8 concurrent streams' aggregate tok/s.
 replicas: one mlxd pinned to core 0 against two pinned to cores 0 and 1 behind HAProxy
-    (deploy/haproxy.cfg.in: sessions hashed to replicas); 16 sessions stream at once, two
+    (deploy/haproxy.cfg.in: sessions kept on a replica); 16 sessions stream at once, two
     turns each; aggregate tok/s per turn. Routing overhead shows as a ratio below 2.
 """
 
@@ -165,7 +165,7 @@ def _proxy(servers: list[Server], workdir: Path) -> Iterator[str]:
 
 def _turns(url: str) -> tuple[float, float, float]:
     """Aggregate tok/s of turn 1 and turn 2 (the replies appended) of every session, then
-    of the same first turns sent without a session key (the proxy's round-robin)."""
+    of the same first turns sent without a session key (the proxy's least-busy choice)."""
     first = [chat_body([{"role": "system", "content": f"You are assistant number {i}."},
                         {"role": "user", "content": "Tell me a story about a fox."}],
                        SESSION_TOKENS) for i in range(SESSIONS)]
@@ -214,15 +214,15 @@ def bench_replicas(rounds: int) -> str:
              fmt_ratio(ratio(median(results["two"][k]), median(results["one"][k])), 1.8)]
             for k, label in (("t1", "turn 1, aggregate tok/s"),
                              ("t2", "turn 2 (resident KV), aggregate tok/s"),
-                             ("rr", "no session key (round-robin), aggregate tok/s"))]
+                             ("rr", "no session key, aggregate tok/s"))]
     return (f"## Replicas: {SESSIONS} sessions streaming at once, {SESSION_TOKENS} tokens "
             "a reply, two turns\n\n"
             + md_table(["figure", "one replica (core 0)", "two replicas (cores 0, 1) + "
                         "HAProxy", "two / one (target 1.8)"], rows)
             + f"\n\nChat requests per replica in the last round (all three bursts): {split}. "
-            "The proxy hashes session keys consistently, so a burst's split follows its 16 "
-            "keys, and the replica with more sessions sets the burst's end; requests without "
-            "a key alternate, which isolates the proxy's own cost.\n")
+            "A session goes to the least busy replica when first seen and stays there; the "
+            "replica with more sessions sets a burst's end. Requests without a key show the "
+            "proxy's own cost.\n")
 
 
 def _span(values: list[float | None]) -> str:
