@@ -82,6 +82,7 @@ class DrainingServer(uvicorn.Server):
         self.in_flight = in_flight
         self.tensor_parallel = tensor_parallel
         """Rank 0 of a group started by the launcher: PEER_LOST_SIGNAL is its word."""
+        self.peer_lost = False
 
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
@@ -105,8 +106,9 @@ class DrainingServer(uvicorn.Server):
 
     def handle_peer_lost(self, sig: int, frame: FrameType | None) -> None:
         # Between bytecodes of the loop's thread: the work itself goes through the loop.
-        if self.should_exit and self.drain_seconds == 0.0:
+        if self.peer_lost:
             return  # told already
+        self.peer_lost = True
         logger.critical("%s: ending every request and stopping the server",
                         PEER_LOST_MESSAGE)
         asyncio.get_event_loop().call_soon_threadsafe(self.in_flight.peer_lost)
