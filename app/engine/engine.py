@@ -132,7 +132,6 @@ class Engine:
         """Queue a generation; events arrive on the returned stream."""
         assert self._dispatcher is not None
         stream = RequestStream(self._dispatcher)
-        self._dispatcher.track(stream)
         self._commands.put(lambda: self._admit(req, stream))
         return stream
 
@@ -174,7 +173,6 @@ class Engine:
         """Queue a prepared job; segments and the result arrive on the stream."""
         assert self._dispatcher is not None
         task = AsrTask(job, RequestStream(self._dispatcher), model=model_id)
-        self._dispatcher.track(task.stream)
 
         def add() -> None:
             self.models.touch(model_id)

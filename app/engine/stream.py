@@ -39,9 +39,8 @@ class Dispatcher:
         with contextlib.suppress(RuntimeError):
             self.loop.call_soon_threadsafe(_deliver, batch)
 
-
     def track(self, stream: RequestStream) -> None:
-        """Event loop side: remember `stream` for end_open()."""
+        """Event loop side (where streams are made): remember `stream` for end_open()."""
         self._open.add(stream)
 
     def end_open(self, event: Event) -> int:
@@ -64,6 +63,7 @@ def _deliver(batch: list[tuple[RequestStream, Event]]) -> None:
 class RequestStream:
     def __init__(self, dispatcher: Dispatcher) -> None:
         self._dispatcher = dispatcher
+        dispatcher.track(self)
         self._events: deque[Event] = deque()
         self._waiter: asyncio.Future[None] | None = None
         """The consumer's future while it waits for an event."""

@@ -62,8 +62,6 @@ async def test_end_open_ends_streams_the_engine_has_not() -> None:
     final event gets one from the loop; what the engine posts afterwards is dropped."""
     dispatcher = Dispatcher(asyncio.get_running_loop())
     done, stuck = RequestStream(dispatcher), RequestStream(dispatcher)
-    for s in (done, stuck):
-        dispatcher.track(s)
     done._put(Finished("stop", Usage(1, 1)))
     assert dispatcher.end_open(Failed("gone", status=503)) == 1
     stuck.put_threadsafe(Delta("late"))  # the engine thread wakes up after all

@@ -97,18 +97,11 @@ class FusedStep:
             start: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
         """x [B, D] embeddings -> the last layer's output [B, D]; K/V written at `pos`."""
         x = np.array(x, dtype=np.float32, order="C")  # written in place: our own copy
-        cap = keys[0].shape[2]
-        if any(k.shape[2] != cap or not k.flags.c_contiguous for k in (*keys, *values)):
-            raise ValueError("the fused step wants contiguous K/V of one capacity")
-        ptrs = ctypes.c_void_p * self._n
-        cos = np.ascontiguousarray(cos, dtype=np.float32)
-        sin = np.ascontiguousarray(sin, dtype=np.float32)
-        rc = self._lib.decode_layers(
+        cos, sin = _f32(cos), _f32(sin)
+        _check(self._lib.decode_layers(
             ctypes.addressof(self._layers), self._n, x.ctypes.data, x.shape[0], *self._dims,
-            ptrs(*(k.ctypes.data for k in keys)), ptrs(*(v.ctypes.data for v in values)),
-            cap, pos, start.ctypes.data, cos.ctypes.data, sin.ctypes.data, self._eps,
-            self._scale, self._threads)
-        _check(rc)
+            *self._kv(keys, values), pos, start.ctypes.data, cos.ctypes.data,
+            sin.ctypes.data, self._eps, self._scale, self._threads))
         return x
 
     def prefill(self, x: np.ndarray, keys: list[np.ndarray], values: list[np.ndarray],
@@ -116,18 +109,22 @@ class FusedStep:
         """x [n, D] embeddings of one sequence's positions pos .. pos + n - 1 -> the last
         layer's output [n, D]; keys/values [Hkv, cap, d] per layer, written there."""
         x = np.array(x, dtype=np.float32, order="C")
-        cap = keys[0].shape[-2]
-        if any(k.shape[-2] != cap or not k.flags.c_contiguous for k in (*keys, *values)):
-            raise ValueError("the fused prefill wants contiguous K/V of one capacity")
-        ptrs = ctypes.c_void_p * self._n
-        cos = np.ascontiguousarray(cos, dtype=np.float32)
-        sin = np.ascontiguousarray(sin, dtype=np.float32)
+        cos, sin = _f32(cos), _f32(sin)
         _check(self._lib.prefill_layers(
             ctypes.addressof(self._layers), self._n, x.ctypes.data, x.shape[0], *self._dims,
-            ptrs(*(k.ctypes.data for k in keys)), ptrs(*(v.ctypes.data for v in values)),
-            cap, pos, cos.ctypes.data, sin.ctypes.data, self._eps, self._scale, gemm_rows,
-            self._threads))
+            *self._kv(keys, values), pos, cos.ctypes.data, sin.ctypes.data, self._eps,
+            self._scale, gemm_rows, self._threads))
         return x
+
+    def _kv(self, keys: list[np.ndarray], values: list[np.ndarray]) -> tuple[Any, Any, int]:
+        """The layers' K/V buffers as step.c takes them: two pointer arrays and the
+        capacity (positions per head) they share."""
+        cap = keys[0].shape[-2]
+        if any(k.shape[-2] != cap or not k.flags.c_contiguous for k in (*keys, *values)):
+            raise ValueError("the fused step wants contiguous K/V of one capacity")
+        ptrs = ctypes.c_void_p * self._n
+        return (ptrs(*(k.ctypes.data for k in keys)), ptrs(*(v.ctypes.data for v in values)),
+                cap)
 
     def head(self, x: np.ndarray) -> np.ndarray:
         """logits [B, V] of the last layer's output x [B, D]."""
@@ -136,6 +133,10 @@ class FusedStep:
                                      x.shape[1], self._norm.ctypes.data, self._eps,
                                      logits.ctypes.data, self._threads))
         return logits
+
+
+def _f32(a: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(a, dtype=np.float32)
 
 
 def _check(rc: int) -> None:

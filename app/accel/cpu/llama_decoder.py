@@ -50,7 +50,7 @@ PREFILL_MAX_ROWS = 512  # prompt chunks up to this many tokens go through prefil
 GEMM_ROWS = 48  # from this many rows prefill() multiplies through qgemm.c's GEMM
 MASKED = np.float32(-1e30)
 QUANTIZED_TYPES = (*SWAPS, *SWAPS.values())  # MLX's, and ours for prefill
-OWNED_ATTR = "_mlxd_owned"  # set on a BatchKVCache: the K/V arrays we may write into
+OWNED_ATTR = "_mlxd_owned"  # set on a (Batch)KVCache: the K/V arrays we may write into
 
 
 Matmul = PanelMatmul | QuantizedMatmul
@@ -169,6 +169,11 @@ class CpuLlamaDecoder:
         finally:
             self._native.qmatmul_step(0)
 
+    def _embed(self, tokens: np.ndarray) -> np.ndarray:
+        if isinstance(self.embedding, QuantizedWeight):
+            return self.embedding.rows(tokens)
+        return self.embedding[tokens]
+
     def prefills(self, cache: list[Any], rows: int) -> bool:
         """Whether `prefill` takes a chunk of `rows` tokens into this per-sequence cache."""
         return self._prefill_rows > 0 and rows <= self._prefill_rows and all(
@@ -182,8 +187,7 @@ class CpuLlamaDecoder:
         assert self._fused is not None and self._native is not None
         n, pos = int(tokens.shape[0]), int(cache[0].offset)
         cos, sin = self._rope_tables((pos + np.arange(n, dtype=np.float32)) * self.rope_scale)
-        x = (self.embedding.rows(tokens) if isinstance(self.embedding, QuantizedWeight)
-             else self.embedding[tokens])
+        x = self._embed(tokens)
         kv = [_sequence_buffers(c, pos + n, self.kv_heads, self.head_dim) for c in cache]
         self._native.qmatmul_step(1)
         try:
@@ -207,8 +211,7 @@ class CpuLlamaDecoder:
         mask = None if self._native is not None else np.where(
             np.arange(end)[None, :] < valid_from[:, None], MASKED, np.float32(0)
         )[:, None, None, :]  # [B, 1, 1, end]
-        x = (self.embedding.rows(tokens) if isinstance(self.embedding, QuantizedWeight)
-             else self.embedding[tokens])
+        x = self._embed(tokens)
         if self._fused is not None:
             kv = [_buffers(c) for c in caches]
             x = self._fused.run(x, [k for k, _ in kv], [v for _, v in kv], end - 1,
@@ -353,21 +356,13 @@ def _buffers(cache: Any) -> tuple[np.ndarray, np.ndarray]:  # a BatchKVCache
     copies are remembered on the cache object, so they go when it goes.
     """
     need = cache._idx + 1
-    owned = getattr(cache, OWNED_ATTR, None)
+    fresh = None
     if need > cache.keys.shape[2]:  # grow: the padded copies are fresh buffers already
         grow = -(-need // BatchKVCache.step) * BatchKVCache.step - cache._idx
         pad = [(0, 0), (0, 0), (0, grow), (0, 0)]
-        cache.keys = mx.pad(cache.keys[..., : cache._idx, :], pad)
-        cache.values = mx.pad(cache.values[..., : cache._idx, :], pad)
-    elif owned is None or owned[0] is not cache.keys or owned[1] is not cache.values:
-        # one copy each (numpy view in, fresh MLX buffer out), contiguous for the C kernel
-        cache.keys = mx.array(np.ascontiguousarray(cache.keys))
-        cache.values = mx.array(np.ascontiguousarray(cache.values))
-    else:
-        return np.asarray(cache.keys), np.asarray(cache.values)
-    mx.eval(cache.keys, cache.values)
-    setattr(cache, OWNED_ATTR, (cache.keys, cache.values))
-    return np.asarray(cache.keys), np.asarray(cache.values)
+        fresh = (mx.pad(cache.keys[..., : cache._idx, :], pad),
+                 mx.pad(cache.values[..., : cache._idx, :], pad))
+    return _owned(cache, fresh)
 
 
 def _sequence_buffers(cache: KVCache, need: int, heads: int, head_dim: int
@@ -377,25 +372,33 @@ def _sequence_buffers(cache: KVCache, need: int, heads: int, head_dim: int
     the store may share the store's arrays)."""
     keys, values = cache.keys, cache.values
     cap = -(-need // KVCache.step) * KVCache.step
+    fresh = None
     if keys is None or values is None:
-        return _own(cache, mx.zeros((1, heads, cap, head_dim), mx.float32),
-                    mx.zeros((1, heads, cap, head_dim), mx.float32))
-    if need > keys.shape[2]:  # grow: the padded copies are fresh buffers
+        fresh = (mx.zeros((1, heads, cap, head_dim), mx.float32),
+                 mx.zeros((1, heads, cap, head_dim), mx.float32))
+    elif need > keys.shape[2]:  # grow: the padded copies are fresh buffers
         grow = [(0, 0), (0, 0), (0, cap - cache.offset), (0, 0)]
-        return _own(cache, mx.pad(keys[..., : cache.offset, :], grow),
-                    mx.pad(values[..., : cache.offset, :], grow))
-    owned = getattr(cache, OWNED_ATTR, None)
-    if owned is None or owned[0] is not keys or owned[1] is not values:
-        return _own(cache, mx.array(np.ascontiguousarray(keys)),
-                    mx.array(np.ascontiguousarray(values)))
-    return np.asarray(keys)[0], np.asarray(values)[0]
+        fresh = (mx.pad(keys[..., : cache.offset, :], grow),
+                 mx.pad(values[..., : cache.offset, :], grow))
+    k, v = _owned(cache, fresh)
+    return k[0], v[0]
 
 
-def _own(cache: KVCache, keys: mx.array, values: mx.array) -> tuple[np.ndarray, np.ndarray]:
-    mx.eval(keys, values)
-    cache.keys, cache.values = keys, values
-    setattr(cache, OWNED_ATTR, (keys, values))
-    return np.asarray(keys)[0], np.asarray(values)[0]
+def _owned(cache: Any, fresh: tuple[mx.array, mx.array] | None
+           ) -> tuple[np.ndarray, np.ndarray]:
+    """Numpy views of `cache`'s K/V in memory only it holds: `fresh` (new buffers) when
+    given; else the cache's own arrays if they are the ones we made, or a copy of them
+    once (numpy view in, fresh MLX buffer out, contiguous for the C kernels)."""
+    if fresh is None:
+        owned = getattr(cache, OWNED_ATTR, None)
+        if owned is not None and owned[0] is cache.keys and owned[1] is cache.values:
+            return np.asarray(cache.keys), np.asarray(cache.values)
+        fresh = (mx.array(np.ascontiguousarray(cache.keys)),
+                 mx.array(np.ascontiguousarray(cache.values)))
+    mx.eval(*fresh)
+    cache.keys, cache.values = fresh
+    setattr(cache, OWNED_ATTR, fresh)
+    return np.asarray(cache.keys), np.asarray(cache.values)
 
 
 def _rope_frequencies(rope: Any, head_dim: int) -> tuple[np.ndarray, np.float32]:

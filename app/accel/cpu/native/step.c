@@ -53,6 +53,14 @@ static const float *arranged(const float *x, int rows, int K, int bits, float *d
     return dst;
 }
 
+/* y [rows, N] += the stack's bias, where it has one. */
+static void add_bias(const qstack_t *m, int rows, float *y) {
+    if (!m->bias) return;
+    const int N = m->starts[m->parts];
+    for (int r = 0; r < rows; r++)
+        for (int n = 0; n < N; n++) y[(int64_t)r * N + n] += m->bias[n];
+}
+
 /* y [rows, N] = x @ W.T (+ bias); x as it is, arranged into `tmp` where the format wants. */
 static int matmul(const qstack_t *m, const float *x, int rows, float *tmp, float *y,
                   int threads) {
@@ -60,11 +68,7 @@ static int matmul(const qstack_t *m, const float *x, int rows, float *tmp, float
     if (qmatmul_parts(xa, rows, m->K, m->parts, m->w, m->s, m->b, m->starts, m->G, m->bits,
                       y, threads) != 0)
         return -1;
-    if (m->bias) {
-        const int N = m->starts[m->parts];
-        for (int r = 0; r < rows; r++)
-            for (int n = 0; n < N; n++) y[(int64_t)r * N + n] += m->bias[n];
-    }
+    add_bias(m, rows, y);
     return 0;
 }
 
@@ -83,9 +87,7 @@ static int matmul_gemm(const qstack_t *m, const float *x, int rows, float *tmp, 
             for (int r = 0; r < rows; r++)
                 memcpy(y + (int64_t)r * N + n0, tmp + (int64_t)r * np, sizeof(float) * np);
     }
-    if (m->bias)
-        for (int r = 0; r < rows; r++)
-            for (int n = 0; n < N; n++) y[(int64_t)r * N + n] += m->bias[n];
+    add_bias(m, rows, y);
     return 0;
 }
 
@@ -94,6 +96,18 @@ static void add_into(float *x, const float *y, int64_t n) {
 }
 
 static int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
+
+/* buf[i] = sizes[i] floats each, from this thread's step buffer, 64-byte aligned starts.
+ * Returns -2 without memory. */
+static int carve(const int64_t *sizes, int count, float **buf) {
+    int64_t total = 0;
+    for (int i = 0; i < count; i++) total += (sizes[i] + 15) / 16 * 16;
+    float *base = step_buffer((size_t)total);
+    if (base == NULL) return -2;
+    for (int64_t i = 0, at = 0; i < count; at += (sizes[i] + 15) / 16 * 16, i++)
+        buf[i] = base + at;
+    return 0;
+}
 
 /* The layers of one decode step for B rows: x [B, D] the token embeddings in, the last
  * layer's output out (in place). Layer l reads and extends keys[l] / values[l]
@@ -109,13 +123,8 @@ int decode_layers(const qlayer_t *layers, int L, float *x, int B, int D, int H, 
     const int64_t sizes[] = {B * widest, B * widest, B * qkv_n, B * hd, B * hd,
                              B * max64(D, 2 * (int64_t)I), (int64_t)B * H * (pos + 1)};
     enum { NORMED, ARRANGED, QKV, Q, ATT, WIDE, SCORES, N_BUF };
-    int64_t total = 0;
-    for (int i = 0; i < N_BUF; i++) total += (sizes[i] + 15) / 16 * 16;  /* 64-byte starts */
-    float *base = step_buffer((size_t)total);
-    if (base == NULL) return -2;
     float *buf[N_BUF];
-    for (int i = 0, at = 0; i < N_BUF; at += (int)((sizes[i] + 15) / 16 * 16), i++)
-        buf[i] = base + at;
+    if (carve(sizes, N_BUF, buf)) return -2;
     for (int l = 0; l < L; l++) {
         const qlayer_t *la = &layers[l];
         rms_norm(x, B, D, la->attn_norm, eps, buf[NORMED]);
@@ -138,11 +147,11 @@ int decode_layers(const qlayer_t *layers, int L, float *x, int B, int D, int H, 
 /* The step's end: logits [B, V] = head(rms_norm(x, norm)). */
 int decode_head(const qstack_t *head, const float *x, int B, int D, const float *norm,
                 float eps, float *logits, int threads) {
-    float *base = step_buffer((size_t)(2 * (int64_t)B * ((D + 15) / 16 * 16)));
-    if (base == NULL) return -2;
-    float *normed = base, *tmp = base + (int64_t)B * ((D + 15) / 16 * 16);
-    rms_norm(x, B, D, norm, eps, normed);
-    return matmul(head, normed, B, tmp, logits, threads);
+    const int64_t sizes[] = {(int64_t)B * D, (int64_t)B * D};  /* normed x, arranged x */
+    float *buf[2];
+    if (carve(sizes, 2, buf)) return -2;
+    rms_norm(x, B, D, norm, eps, buf[0]);
+    return matmul(head, buf[0], B, buf[1], logits, threads);
 }
 
 /* a [n, H, d] <-> [H, n, d] */
@@ -171,13 +180,8 @@ int prefill_layers(const qlayer_t *layers, int L, float *x, int n, int D, int H,
     const int64_t sizes[] = {n * widest, n * widest, n * qkv_n, n * hd, n * hd,
                              n * max64(D, 2 * (int64_t)I)};
     enum { NORMED, ARRANGED, QKV, Q, HEADS, WIDE, N_BUF };
-    int64_t total = 0;
-    for (int i = 0; i < N_BUF; i++) total += (sizes[i] + 15) / 16 * 16;
-    float *base = step_buffer((size_t)total);
-    if (base == NULL) return -2;
     float *buf[N_BUF];
-    for (int i = 0, at = 0; i < N_BUF; at += (int)((sizes[i] + 15) / 16 * 16), i++)
-        buf[i] = base + at;
+    if (carve(sizes, N_BUF, buf)) return -2;
     const int gemm = gemm_rows > 0 && n >= gemm_rows;
     const int half = d / 2;
 #define PROJECT(stack, in, out)                                                        \
