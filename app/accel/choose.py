@@ -80,6 +80,9 @@ def accelerate_chat(loaded: LoadedChatModel, settings: Settings,
                                                    int8=settings.cpu_int8_activations)
     if loaded.decode_step is not None:
         parts.append("numpy decode steps")
+        rows = getattr(loaded.decode_step, "prefill_rows", 0)
+        if rows:  # the MLX prefill above then takes only longer chunks
+            parts.append(f"prompt chunks of up to {rows} tokens in one C call")
     loaded.acceleration = ", ".join(parts) or MLX_ONLY
     return loaded.acceleration
 

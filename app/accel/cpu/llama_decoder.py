@@ -169,6 +169,12 @@ class CpuLlamaDecoder:
         finally:
             self._native.qmatmul_step(0)
 
+    @property
+    def prefill_rows(self) -> int:
+        """The longest prompt chunk `prefill` takes (0: none, the model's MLX forward
+        prefills)."""
+        return self._prefill_rows
+
     def _embed(self, tokens: np.ndarray) -> np.ndarray:
         if isinstance(self.embedding, QuantizedWeight):
             return self.embedding.rows(tokens)
